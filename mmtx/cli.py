@@ -1,0 +1,77 @@
+"""The `mmtx` command line: train, run, models, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _models(args) -> None:
+    from .models import create_model, list_models
+    from .models.summary import count_params
+
+    names = list_models(args.pattern)
+    width = max((len(n) for n in names), default=10)
+    print(f"{'model':<{width}}  {'params':>12}")
+    for name in names:
+        print(f"{name:<{width}}  {count_params(create_model(name)):>12,}")
+
+
+def _train(args) -> None:
+    from .train.cli import train_command
+
+    train_command(args.config, overrides=args.set, run_dir=args.run_dir, resume=args.resume)
+
+
+def _run(args) -> None:
+    from .experiments import run_experiment
+
+    run_experiment(args.experiment, out_dir=args.out, overrides=args.set)
+
+
+def _demo(args) -> None:
+    from .layers.demo import main as demo_main
+
+    demo_main(out=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmtx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model from a YAML config")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
+    p.add_argument("--run-dir", default=None, help="where checkpoints and metrics go")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.set_defaults(fn=_train)
+
+    p = sub.add_parser("run", help="run an experiment file (a set of trainings) and report")
+    p.add_argument("experiment")
+    p.add_argument("--out", default=None, help="output directory (default runs/<name>/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the experiment file (repeatable)")
+    p.set_defaults(fn=_run)
+
+    p = sub.add_parser("models", help="list registered models with parameter counts")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(fn=_models)
+
+    p = sub.add_parser("demo", help="attention worked example and a heatmap PNG")
+    p.add_argument("--out", default="attention_demo.png")
+    p.set_defaults(fn=_demo)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError) as e:  # a user's mistake: say it, without a traceback
+        print(f"mmtx {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The shared attention library: every mmtx model is built from these parts."""
+
+from .attention import (
+    Attention,
+    KVCache,
+    scaled_dot_product_attention,
+    use_fused_attn,
+)
+from .blocks import Block, Decoder, DropPath, Encoder, Intermediates, Mlp, SwiGLU, Transformer
+from .masks import causal_mask, global_local_mask, padding_mask, sliding_window_mask
+from .patch import PatchEmbed, patchify, unpatchify
+from .position import (
+    LearnedPositionEmbedding,
+    RotaryEmbedding,
+    resize_grid_table,
+    sincos_2d_encoding,
+    sinusoidal_encoding,
+)
+
+__all__ = [
+    "Attention", "KVCache", "scaled_dot_product_attention", "use_fused_attn",
+    "Block", "Decoder", "DropPath", "Encoder", "Intermediates", "Mlp", "SwiGLU", "Transformer",
+    "causal_mask", "global_local_mask", "padding_mask", "sliding_window_mask",
+    "PatchEmbed", "patchify", "unpatchify",
+    "LearnedPositionEmbedding", "RotaryEmbedding", "resize_grid_table", "sincos_2d_encoding",
+    "sinusoidal_encoding",
+]

@@ -1,0 +1,226 @@
+"""Scaled dot-product attention and the one `Attention` module every mmtx model is built from.
+
+`Attention` serves self, causal and cross attention (cross when `context` is passed), grouped-query
+attention (`num_kv_heads < num_heads`), rotary positions and incremental decoding with a KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .masks import causal_mask
+
+# One global switch, like timm's: fused kernels unless a caller asks for the explicit math path.
+_USE_FUSED = True
+
+
+def use_fused_attn(enabled: bool = True) -> None:
+    """Turn the fused SDPA kernel on or off everywhere (the math path is the reference)."""
+    global _USE_FUSED
+    _USE_FUSED = bool(enabled)
+
+
+def _broadcastable(shape: tuple, target: tuple) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
+
+
+def _prepare_mask(mask, q, k, causal):
+    """Validate `mask`, fold `causal` into it; returns a bool or float mask, or None."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    if mask is not None:
+        target = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), lq, lk)
+        if not _broadcastable(tuple(mask.shape), target):
+            raise ValueError(
+                f"mask must broadcast to (..., Lq, Lk) = {target}, got shape {tuple(mask.shape)}"
+            )
+    if not causal:
+        return mask
+    cm = causal_mask(lq, lk, device=q.device)  # (Lq, Lk); bottom-right aligned, unlike is_causal
+    if mask is None:
+        return cm
+    if mask.dtype == torch.bool:
+        return mask & cm
+    return mask.masked_fill(~cm, float("-inf"))
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    return_weights: bool = False,
+):
+    """softmax(q k^T * scale + mask) v.
+
+    q (..., Lq, E), k (..., Lk, E), v (..., Lk, Ev) -> out (..., Lq, Ev)
+    [, weights (..., Lq, Lk)]. `mask`: bool (True = may attend) or float (added to the scores),
+    broadcastable to (..., Lq, Lk). `causal` is bottom-right aligned (see `causal_mask`).
+
+    A query whose keys are all masked gets zero weights and a zero output (not NaN).
+    The fused kernel runs unless weights are asked for; both paths agree to 1e-5 in fp32.
+    """
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q and k must share the last dim, got q {tuple(q.shape)} and k {tuple(k.shape)}"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"k and v must have the same length Lk, got k {tuple(k.shape)} and v {tuple(v.shape)}"
+        )
+    mask = _prepare_mask(mask, q, k, causal)
+    dead = None  # (..., Lq, 1) True where a query row has no visible key
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            dead = ~mask.any(-1, keepdim=True)
+            mask = mask | dead  # let dead rows attend anywhere, then zero them below
+        else:
+            dead = torch.isneginf(mask).all(-1, keepdim=True)
+            mask = mask.masked_fill(dead, 0.0)
+
+    if _USE_FUSED and not return_weights:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                             scale=scale)
+        return out if dead is None else out.masked_fill(dead, 0.0)
+
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., Lq, Lk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool \
+            else scores + mask
+    weights = scores.softmax(-1)
+    if dead is not None:
+        weights = weights.masked_fill(dead, 0.0)
+    out = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
+    return (out, weights) if return_weights else out
+
+
+class KVCache:
+    """Keys and values of the positions decoded so far, for one attention layer.
+
+    Storage grows by doubling, so appending one token is amortised O(1) instead of the
+    O(L) copy that `torch.cat` on every step costs.
+    """
+
+    def __init__(self):
+        self._k = self._v = None
+        self.length = 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor):
+        """Append k, v (B, Hkv, T, D); return all keys and values (B, Hkv, length, D)."""
+        t = k.shape[-2]
+        if self._k is None:
+            self._k, self._v = k.new_empty(*k.shape[:-2], max(2 * t, 16), k.shape[-1]), \
+                v.new_empty(*v.shape[:-2], max(2 * t, 16), v.shape[-1])
+        elif self.length + t > self._k.shape[-2]:
+            cap = max(2 * self._k.shape[-2], self.length + t)
+            self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:-2],
+                                 cap - self._k.shape[-2], self._k.shape[-1])], dim=-2)
+            self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:-2],
+                                 cap - self._v.shape[-2], self._v.shape[-1])], dim=-2)
+        self._k[..., self.length:self.length + t, :] = k
+        self._v[..., self.length:self.length + t, :] = v
+        self.length += t
+        return self._k[..., :self.length, :], self._v[..., :self.length, :]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search keeps the surviving beams)."""
+        if self._k is not None:
+            self._k, self._v = self._k[index], self._v[index]
+
+
+class Attention(nn.Module):
+    """Multi-head attention: self (default), causal (`causal=True`), cross (pass `context`).
+
+    x (B, Lq, dim), context (B, Lk, context_dim) -> (B, Lq, dim) [, weights (B, H, Lq, Lk)].
+    `mask`: bool/float, broadcastable to (B, H, Lq, Lk). `rope`: a callable
+    `rope(q, k, offset) -> (q, k)` applied per head (see `RotaryEmbedding`). `cache`: a `KVCache`
+    holding earlier positions' keys and values (self-attention only).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        context_dim: int | None = None,
+        num_kv_heads: int | None = None,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, "
+                             f"num_heads={num_heads}")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_kv_heads <= 0 or num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads must divide num_heads={num_heads}, "
+                             f"got {num_kv_heads}")
+        self.dim, self.num_heads, self.num_kv_heads = dim, num_heads, num_kv_heads
+        self.head_dim = dim // num_heads
+        self.kv_dim = num_kv_heads * self.head_dim
+        self.context_dim = context_dim
+        # Self-attention keeps q, k, v in one matmul (as timm and nn.MultiheadAttention do);
+        # a context of another width needs its own k, v projection.
+        if context_dim is None:
+            self.qkv = nn.Linear(dim, dim + 2 * self.kv_dim, bias=qkv_bias)
+        else:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(context_dim, 2 * self.kv_dim, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _project(self, x, context):
+        if context is None:
+            return self.qkv(x).split([self.dim, self.kv_dim, self.kv_dim], dim=-1)
+        if context.shape[-1] != (self.context_dim or self.dim):
+            raise ValueError(f"context must have last dim {self.context_dim or self.dim}, "
+                             f"got shape {tuple(context.shape)}")
+        if self.context_dim is None:  # same-width cross attention reuses the fused weight
+            w_q, w_kv = self.qkv.weight.split([self.dim, 2 * self.kv_dim])
+            b_q, b_kv = (None, None) if self.qkv.bias is None else \
+                self.qkv.bias.split([self.dim, 2 * self.kv_dim])
+            q, kv = F.linear(x, w_q, b_q), F.linear(context, w_kv, b_kv)
+        else:
+            q, kv = self.q(x), self.kv(context)
+        return (q, *kv.split(self.kv_dim, dim=-1))
+
+    def forward(self, x, context=None, mask=None, causal=False, rope=None, cache=None,
+                return_attn=False):
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be (B, L, {self.dim}), got shape {tuple(x.shape)}")
+        B, L, _ = x.shape
+        q, k, v = self._project(x, context)
+        q = self.q_norm(q.view(B, L, self.num_heads, self.head_dim).transpose(1, 2))  # (B,H,L,D)
+        k = self.k_norm(k.view(B, -1, self.num_kv_heads, self.head_dim).transpose(1, 2))  # Hkv
+        v = v.view(B, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, Lk, D)
+        if rope is not None:
+            q, k = rope(q, k, offset=cache.length if cache is not None else 0)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, past + L, D)
+        if self.num_kv_heads != self.num_heads:  # GQA: each kv head serves a group of q heads
+            rep = self.num_heads // self.num_kv_heads
+            k = k.repeat_interleave(rep, dim=1)  # (B, H, Lk, D)
+            v = v.repeat_interleave(rep, dim=1)
+        out = scaled_dot_product_attention(
+            q, k, v, mask=mask, causal=causal,
+            dropout_p=self.attn_drop if self.training else 0.0, return_weights=return_attn,
+        )
+        out, weights = out if return_attn else (out, None)
+        out = out.transpose(1, 2).reshape(B, L, self.dim)  # (B, L, H*D)
+        out = self.proj_drop(self.proj(out))
+        return (out, weights) if return_attn else out

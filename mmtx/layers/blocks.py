@@ -1,0 +1,207 @@
+"""Feed-forward layers, the transformer Block, and the one layer stack behind Encoder and Decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import Attention, KVCache
+
+_ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+}
+
+
+def _choice(name: str, value: str, options) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+
+
+def make_norm(kind: str, dim: int, eps: float = 1e-6) -> nn.Module:
+    _choice("norm", kind, ("layer", "rms"))
+    return nn.LayerNorm(dim, eps=eps) if kind == "layer" else nn.RMSNorm(dim, eps=eps)
+
+
+class Mlp(nn.Module):
+    """Linear -> activation -> dropout -> Linear -> dropout (the transformer feed-forward)."""
+
+    def __init__(self, dim: int, hidden_dim: int, out_dim: int | None = None, *,
+                 act: str = "gelu", bias: bool = True, drop: float = 0.0):
+        super().__init__()
+        _choice("act", act, _ACTIVATIONS)
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.act = _ACTIVATIONS[act]()
+        self.fc2 = nn.Linear(hidden_dim, out_dim or dim, bias=bias)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwiGLU(nn.Module):
+    """silu(x W1) * (x W3), then W2 (Shazeer 2020). One fused matmul for the gate and the value."""
+
+    def __init__(self, dim: int, hidden_dim: int, out_dim: int | None = None, *,
+                 bias: bool = False, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden_dim, bias=bias)
+        self.fc2 = nn.Linear(hidden_dim, out_dim or dim, bias=bias)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        gate, value = self.fc1(x).chunk(2, dim=-1)
+        return self.drop(self.fc2(self.drop(F.silu(gate) * value)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample, rescaling the survivors."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class LayerScale(nn.Module):
+    """Per-channel learned scale on a residual branch (CaiT), initialised small."""
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Self-attention [+ cross-attention] + feed-forward, each a residual branch.
+
+    norm_first=True is pre-norm (ViT, GPT-2); False is post-norm (the original Transformer,
+    BERT). `forward(x, ...)` returns x, or (x, self_weights, cross_weights) with return_attn.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *,
+                 cross_attention: bool = False, causal: bool = False, norm_first: bool = True,
+                 drop_path: float = 0.0, layer_scale: float | None = None, norm: str = "layer",
+                 norm_eps: float = 1e-6, context_dim: int | None = None,
+                 num_kv_heads: int | None = None, qkv_bias: bool = False, qk_norm: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, mlp: str = "mlp",
+                 act: str = "gelu"):
+        super().__init__()
+        _choice("mlp", mlp, ("mlp", "swiglu"))
+        self.causal, self.norm_first = causal, norm_first
+        attn_kw = dict(num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
+                       attn_drop=attn_drop, proj_drop=proj_drop)
+        self.norm1 = make_norm(norm, dim, norm_eps)
+        self.attn = Attention(dim, num_heads, **attn_kw)
+        self.cross_attn = Attention(dim, num_heads, context_dim=context_dim, **attn_kw) \
+            if cross_attention else None
+        self.norm_cross = make_norm(norm, dim, norm_eps) if cross_attention else None
+        self.norm2 = make_norm(norm, dim, norm_eps)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = Mlp(dim, hidden, act=act, drop=proj_drop) if mlp == "mlp" \
+            else SwiGLU(dim, hidden, drop=proj_drop)
+        scale = (lambda: LayerScale(dim, layer_scale)) if layer_scale else nn.Identity
+        self.ls1, self.ls_cross, self.ls2 = scale(), scale(), scale()
+        self.drop_path = DropPath(drop_path)
+
+    def _residual(self, x, norm, ls, branch):
+        """One residual branch in pre- or post-norm form; returns (x, branch's extra output)."""
+        out = branch(norm(x) if self.norm_first else x)
+        out, extra = out if isinstance(out, tuple) else (out, None)
+        x = x + self.drop_path(ls(out))
+        return (x if self.norm_first else norm(x)), extra
+
+    def forward(self, x, context=None, mask=None, context_mask=None, rope=None, cache=None,
+                return_attn=False):
+        x, w_self = self._residual(x, self.norm1, self.ls1, lambda h: self.attn(
+            h, mask=mask, causal=self.causal, rope=rope, cache=cache, return_attn=return_attn))
+        w_cross = None
+        if self.cross_attn is not None:
+            if context is None:
+                raise ValueError("context must be given to a block with cross_attention=True")
+            x, w_cross = self._residual(x, self.norm_cross, self.ls_cross, lambda h: self.cross_attn(
+                h, context=context, mask=context_mask, return_attn=return_attn))
+        x, _ = self._residual(x, self.norm2, self.ls2, self.mlp)
+        return (x, w_self, w_cross) if return_attn else x
+
+
+@dataclass
+class Intermediates:
+    """What a stack hands back besides its output: per-block attention maps and hidden states.
+
+    self_attn[i] (B, H, Lq, Lq_total), cross_attn[i] (B, H, Lq, Lctx); hidden[0] is the stack's
+    input and hidden[i + 1] the output of block i (before the final norm).
+    """
+
+    self_attn: list = field(default_factory=list)
+    cross_attn: list = field(default_factory=list)
+    hidden: list = field(default_factory=list)
+
+
+class Transformer(nn.Module):
+    """`depth` Blocks and an optional final norm. Stochastic depth rises linearly to `drop_path`.
+
+    Extra keyword arguments go to every Block (causal, cross_attention, norm, qkv_bias, ...).
+    """
+
+    def __init__(self, depth: int, dim: int, num_heads: int, mlp_ratio: float = 4.0, *,
+                 drop_path: float = 0.0, final_norm: bool = True, **block_kwargs):
+        super().__init__()
+        if depth <= 0:
+            raise ValueError(f"depth must be > 0, got {depth}")
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio, drop_path=r, **block_kwargs) for r in rates
+        )
+        norm = make_norm(block_kwargs.get("norm", "layer"), dim, block_kwargs.get("norm_eps", 1e-6))
+        self.norm = norm if final_norm else nn.Identity()
+
+    def new_cache(self) -> list[KVCache]:
+        """One empty KV cache per block, for incremental decoding."""
+        return [KVCache() for _ in self.blocks]
+
+    def forward(self, x, context=None, mask=None, context_mask=None, rope=None, cache=None,
+                return_attn=False, return_hidden=False):
+        inter = Intermediates(hidden=[x] if return_hidden else [])
+        for i, block in enumerate(self.blocks):
+            out = block(x, context=context, mask=mask, context_mask=context_mask, rope=rope,
+                        cache=None if cache is None else cache[i], return_attn=return_attn)
+            if return_attn:
+                x, w_self, w_cross = out
+                inter.self_attn.append(w_self)
+                if w_cross is not None:
+                    inter.cross_attn.append(w_cross)
+            else:
+                x = out
+            if return_hidden:
+                inter.hidden.append(x)
+        x = self.norm(x)
+        return (x, inter) if (return_attn or return_hidden) else x
+
+
+class Encoder(Transformer):
+    """Bidirectional stack (ViT, BERT): no causal mask, no cross-attention."""
+
+    def __init__(self, depth: int, dim: int, num_heads: int, mlp_ratio: float = 4.0, **kwargs):
+        super().__init__(depth, dim, num_heads, mlp_ratio, causal=False, **kwargs)
+
+
+class Decoder(Transformer):
+    """Causal stack (GPT); with cross_attention=True it reads an encoder's output (`context`)."""
+
+    def __init__(self, depth: int, dim: int, num_heads: int, mlp_ratio: float = 4.0, *,
+                 cross_attention: bool = False, **kwargs):
+        super().__init__(depth, dim, num_heads, mlp_ratio, causal=True,
+                         cross_attention=cross_attention, **kwargs)

@@ -1,0 +1,3 @@
+"""Imports every model family so that its factories are registered."""
+
+# Each import registers that family's models; add new families here.

@@ -1,0 +1,34 @@
+"""Parameter and FLOP counts for reports (FLOPs from torch.utils.flop_counter)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@torch.no_grad()
+def model_summary(model: nn.Module, input_shape=None, *, example_input=None) -> dict:
+    """{"params": int, "trainable_params": int, "flops": forward FLOPs per sample}.
+
+    `input_shape` is one sample's shape without the batch dim, e.g. (3, 32, 32) for images;
+    token models pass `example_input` (a batch of one) instead. A multiply-add counts as 2 FLOPs.
+    """
+    info = {"params": count_params(model), "trainable_params": count_params(model, True)}
+    if input_shape is None and example_input is None:
+        return info
+    if example_input is None:
+        p = next(model.parameters(), None)
+        example_input = torch.randn(1, *input_shape, device=None if p is None else p.device)
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(example_input)
+    model.train(was_training)
+    info["flops"] = counter.get_total_flops() // example_input.shape[0]
+    return info
