@@ -1,0 +1,170 @@
+"""Experiment files: a grid of training runs that share settings, then one report.
+
+An experiment YAML has a `name`, a `base` training config (the schema of `mmtx train`), a `grid`
+(one mapping or a list of them; each is the product of its `model`, `dataset`, `seed` and
+`fraction` lists) and `report` options. `run_experiment` trains every run through the engine,
+skips runs that already finished, and writes results.json, report.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+_TOP_KEYS = ("name", "description", "base", "grid", "report")
+_GRID_KEYS = ("model", "dataset", "seed", "fraction")
+
+
+@dataclass
+class RunSpec:
+    """One training run of an experiment."""
+
+    model: str
+    model_args: dict
+    label: str  # how the report names the model
+    dataset: str
+    data_args: dict
+    seed: int
+    fraction: float
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.label}-{self.dataset}-f{self.fraction:g}-s{self.seed}"
+
+
+@dataclass
+class Experiment:
+    name: str
+    base: dict
+    runs: list[RunSpec]
+    description: str = ""
+    report: dict = field(default_factory=dict)
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _entry(value, what: str) -> tuple[str, dict, str]:
+    """A grid entry is a name or {name, args, label} -> (name, args, label)."""
+    if isinstance(value, str):
+        return value, {}, value
+    if isinstance(value, dict) and "name" in value:
+        return value["name"], dict(value.get("args") or {}), value.get("label", value["name"])
+    raise ValueError(f"grid {what} entries must be a name or a mapping with 'name', got {value!r}")
+
+
+def set_key(tree: dict, dotted: str, value) -> None:
+    """tree["a"]["b"] = value for dotted "a.b", creating mappings on the way."""
+    *parents, last = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[last] = value
+
+
+def load_experiment(path, overrides=()) -> Experiment:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    for item in overrides or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        set_key(spec, key, yaml.safe_load(value))
+    unknown = sorted(set(spec) - set(_TOP_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {unknown}; valid: {list(_TOP_KEYS)}")
+    base = spec.get("base") or {}
+    data = base.get("data", {})
+    runs = []
+    for grid in _as_list(spec.get("grid") or {}):
+        bad = sorted(set(grid) - set(_GRID_KEYS))
+        if bad:
+            raise ValueError(f"{path}: unknown grid keys {bad}; valid: {list(_GRID_KEYS)}")
+        if "model" not in grid:
+            raise ValueError(f"{path}: every grid needs a 'model' list")
+        datasets = _as_list(grid.get("dataset", {"name": data.get("name", "shapes"),
+                                                 "args": data.get("args", {})}))
+        for m, d, seed, frac in itertools.product(
+            _as_list(grid["model"]), datasets, _as_list(grid.get("seed", 0)),
+            _as_list(grid.get("fraction", 1.0)),
+        ):
+            model, model_args, label = _entry(m, "model")
+            dname, dargs, _ = _entry(d, "dataset")
+            if not 0 < float(frac) <= 1:
+                raise ValueError(f"{path}: fraction must be in (0, 1], got {frac}")
+            runs.append(RunSpec(model, model_args, label, dname, dargs, int(seed), float(frac)))
+    if not runs:
+        raise ValueError(f"{path}: the grid defines no runs")
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: runs repeat; give repeated models distinct labels")
+    return Experiment(spec.get("name", path.stem), base, runs, spec.get("description", ""),
+                      spec.get("report") or {})
+
+
+def run_config(exp: Experiment, run: RunSpec) -> dict:
+    """The training config of one run: the experiment's base with the run's choices set."""
+    cfg = copy.deepcopy(exp.base)
+    set_key(cfg, "model.name", run.model)
+    set_key(cfg, "model.args", {**cfg.get("model", {}).get("args", {}), **run.model_args})
+    set_key(cfg, "data.name", run.dataset)
+    set_key(cfg, "data.args", {**cfg.get("data", {}).get("args", {}), **run.data_args})
+    set_key(cfg, "data.fraction", run.fraction)
+    set_key(cfg, "train.seed", run.seed)
+    set_key(cfg, "logging.group", exp.name)
+    set_key(cfg, "logging.name", f"{exp.name}/{run.run_id}")
+    return cfg
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """One row per (model, dataset, fraction): means over seeds of every reported number."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["model"], r["dataset"], r["fraction"]), []).append(r)
+    rows = []
+    for (model, dataset, fraction), rs in groups.items():
+        acc, acc_std = mean_std([r["test_accuracy"] for r in rs])
+        rows.append({
+            "model": model, "dataset": dataset, "fraction": fraction, "seeds": len(rs),
+            "test_accuracy": acc, "test_accuracy_std": acc_std,
+            "params": rs[0]["params"], "flops": rs[0]["flops"],
+            "train_images_per_s": statistics.fmean(r["train_images_per_s"] for r in rs),
+            "infer_images_per_s": statistics.fmean(r["infer_images_per_s"] for r in rs),
+            "wall_s": statistics.fmean(r["wall_s"] for r in rs),
+            "precision": rs[0].get("precision", "fp32"),
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of `summarize` rows (also readable in a terminal)."""
+    head = ("| model | dataset | data | test acc (%) | params | GFLOPs/img | train img/s "
+            "| infer img/s | wall (s) | precision |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(rows, key=lambda r: (r["dataset"], -r["fraction"], r["model"])):
+        acc = f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f}"
+        lines.append(
+            f"| {r['model']} | {r['dataset']} | {100 * r['fraction']:g}% | {acc} "
+            f"(n={r['seeds']}) | {r['params'] / 1e6:.2f}M | {r['flops'] / 1e9:.3f} "
+            f"| {r['train_images_per_s']:.0f} | {r['infer_images_per_s']:.0f} "
+            f"| {r['wall_s']:.1f} | {r['precision']} |"
+        )
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)  # atomic: a crash never leaves half a results file
