@@ -95,12 +95,14 @@ def scaled_dot_product_attention(
     mask = _prepare_mask(mask, q, k, causal)
     dead = None  # (..., Lq, 1) True where a query row has no visible key
     if mask is not None and may_die:
-        if mask.dtype == torch.bool:
-            dead = ~mask.any(-1, keepdim=True)
-            mask = mask | dead  # let dead rows attend anywhere, then zero them below
-        else:
-            dead = torch.isneginf(mask).all(-1, keepdim=True)
-            mask = mask.masked_fill(dead, 0.0)
+        is_bool = mask.dtype == torch.bool
+        dead = ~mask.any(-1, keepdim=True) if is_bool else torch.isneginf(mask).all(-1, True)
+        if dead.device.type == "cpu" and not dead.any():
+            # The fix-up below is two more passes over mask and output (as long as the kernel
+            # itself at ViT sizes on CPU); asking first is free on CPU, a stall on a GPU.
+            dead = None
+        else:  # let dead rows attend anywhere, then zero them below
+            mask = (mask | dead) if is_bool else mask.masked_fill(dead, 0.0)
 
     if _USE_FUSED and not return_weights:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
