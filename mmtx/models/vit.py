@@ -293,10 +293,14 @@ def from_timm(timm_vit: nn.Module, img_size=None) -> ViT:
     return model.to(next(timm_vit.parameters()).device).train(timm_vit.training)
 
 
-def load_timm_checkpoint(path, timm_name: str, img_size=None, **timm_kwargs) -> ViT:
-    """Build timm model `timm_name` (pretrained=False), load a .safetensors state dict that a
-    user already has on disk into it, and convert it with `from_timm`. Nothing is downloaded and
-    nothing is unpickled."""
+def load_timm_checkpoint(path, timm_name: str, resize_to=None, **timm_kwargs) -> ViT:
+    """Convert a timm ViT checkpoint a user has on disk (.safetensors) into an mmtx ViT.
+
+    Builds `timm.create_model(timm_name, pretrained=False, **timm_kwargs)` (so img_size,
+    num_classes, ... must describe the checkpoint), loads the file into it and converts it with
+    `from_timm`; `resize_to` then moves it to another image size. Nothing is downloaded and
+    nothing is unpickled.
+    """
     import timm
     from safetensors.torch import load_file
 
@@ -306,12 +310,12 @@ def load_timm_checkpoint(path, timm_name: str, img_size=None, **timm_kwargs) -> 
     if path.suffix != ".safetensors":
         raise ValueError(f"path must be a .safetensors file (pickles are not loaded), got {path}")
     tv = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
-    state = load_file(str(path))
-    missing, unexpected = tv.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit timm model {timm_name!r}: missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}")
-    return from_timm(tv.eval(), img_size=img_size)
+    try:
+        tv.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as e:  # missing / unexpected keys or shapes: the kwargs do not fit it
+        raise ValueError(f"checkpoint {path} does not fit timm model {timm_name!r} with "
+                         f"{timm_kwargs}: {e}") from None
+    return from_timm(tv.eval(), img_size=resize_to)
 
 
 # --- registered sizes ------------------------------------------------------------------------
