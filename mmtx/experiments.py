@@ -168,3 +168,42 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     tmp.replace(path)  # atomic: a crash never leaves half a results file
+
+
+def write_report(exp: Experiment, results: list[dict], out: Path) -> str:
+    """results.json, report.md and the plots; returns the table printed to the console."""
+    from .viz.plots import plot_confusion_matrices, plot_data_efficiency, plot_learning_curves
+
+    rows = summarize(results)
+    _write_json(out / "results.json", {"experiment": exp.name, "description": exp.description,
+                                       "runs": results, "summary": rows})
+    table = format_table(rows)
+    md = [f"# {exp.name}", "", exp.description.strip(), "", "## Results", "", table, "",
+          "Test accuracy is the mean ± std over seeds (n = number of seeds); "
+          "FLOPs are forward FLOPs per image (torch.utils.flop_counter, a multiply-add = 2); "
+          "images/s are measured on this machine during the run.", ""]
+    full = max(r["fraction"] for r in results)
+    by_model = {r["model"]: r for r in results if r["fraction"] == full and r["seed"] ==
+                min(x["seed"] for x in results)}
+    curves = {m: r["curve"] for m, r in by_model.items() if r.get("curve")}
+    if curves:
+        plot_learning_curves(curves, out / "learning_curves.png")
+        md += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+    fractions = sorted({r["fraction"] for r in results})
+    if len(fractions) > 1:
+        points = {}
+        for row in rows:
+            points.setdefault(row["model"], []).append(
+                (row["fraction"], row["test_accuracy"], row["test_accuracy_std"]))
+        plot_data_efficiency(points, out / "data_efficiency.png")
+        md += ["## Data efficiency", "", "![data efficiency](data_efficiency.png)", ""]
+    matrices = {m: r["confusion"] for m, r in by_model.items() if r.get("confusion")}
+    if matrices:
+        names = next(r["class_names"] for r in by_model.values() if r.get("confusion"))
+        plot_confusion_matrices(matrices, names, out / "confusion.png")
+        md += ["## Confusion matrices (test split)", "", "![confusion](confusion.png)", ""]
+    if (out / "attention_rollout.png").exists():
+        md += ["## Where the ViT looks (attention rollout)", "",
+               "![attention rollout](attention_rollout.png)", ""]
+    (out / "report.md").write_text("\n".join(md))
+    return table
