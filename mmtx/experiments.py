@@ -12,9 +12,11 @@ import copy
 import itertools
 import json
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 _TOP_KEYS = ("name", "description", "base", "grid", "report")
@@ -207,3 +209,102 @@ def write_report(exp: Experiment, results: list[dict], out: Path) -> str:
                "![attention rollout](attention_rollout.png)", ""]
     (out / "report.md").write_text("\n".join(md))
     return table
+
+
+def _read_curve(metrics_path: Path, key: str) -> list[dict]:
+    """Validation points from a run's metrics.jsonl: [{"step", "wall_s", "value"}]."""
+    points = []
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            row = json.loads(line)
+            if key in row:
+                points.append({"step": row["step"], "wall_s": row.get("time/train_s", 0.0),
+                               "value": row[key]})
+    return points
+
+
+def _confusion(predictions: list[dict], num_classes: int) -> list[list[int]]:
+    cm = [[0] * num_classes for _ in range(num_classes)]
+    for p in predictions:
+        cm[p["label"]][p["pred"]] += 1
+    return cm
+
+
+def _inference_images_per_s(model, shape, precision: str, batch: int = 256) -> float:
+    """Median images/s of eval-mode forward passes on random input of the data's shape."""
+    device = next(model.parameters()).device
+    x = torch.randn(batch, *shape, device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    model.eval()
+    times = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for i in range(6):
+            t = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first pass warms up
+                times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+
+def _execute(exp: Experiment, run: RunSpec, out: Path, rollout_images: int) -> dict:
+    """Train one run (or read its finished result) and measure what the report needs."""
+    from .data import build_dataset
+    from .models.summary import model_summary
+    from .train import train
+
+    run_dir = out / "runs" / run.run_id
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    res = train(run_config(exp, run), run_dir, resume="auto")
+    model = res["model_module"]
+    test = build_dataset(run.dataset, "test", **run.data_args)
+    size = test.image_size if isinstance(test.image_size, (tuple, list)) else \
+        (test.image_size, test.image_size)
+    shape = (test.in_chans, *size)
+    summary = model_summary(model, shape)
+    result = {
+        "model": run.label, "model_name": run.model, "dataset": run.dataset, "seed": run.seed,
+        "fraction": run.fraction, "test_accuracy": res["test_accuracy"],
+        "val_accuracy": res.get("val_accuracy"), "params": summary["params"],
+        "flops": summary["flops"], "train_images_per_s": res["train_images_per_s"],
+        "infer_images_per_s": _inference_images_per_s(model, shape, res["precision"]),
+        "wall_s": res["wall_s"], "steps": res["steps"], "precision": res["precision"],
+        "curve": _read_curve(run_dir / "metrics.jsonl", "val/acc"),
+        "confusion": _confusion(res["test_predictions"], test.num_classes),
+        "class_names": list(test.class_names), "run_dir": str(run_dir),
+    }
+    if rollout_images and hasattr(model, "forward_features") and hasattr(model, "patch_embed"):
+        from .viz.rollout import plot_rollout, rollout_maps
+
+        idx = range(min(rollout_images, len(test)))
+        images = torch.stack([test[i]["image"] for i in idx]).to(next(model.parameters()).device)
+        titles = [test.class_names[test[i]["label"]] for i in idx]
+        path = plot_rollout(images, rollout_maps(model, images), out / "attention_rollout.png",
+                            titles=titles, ncols=min(8, len(titles)))
+        result["rollout_png"] = str(path)
+    _write_json(done, result)  # written last: its presence means the run is complete
+    return result
+
+
+def run_experiment(path, out_dir=None, overrides=()) -> dict:
+    """Run (or finish) every run of an experiment file, then write and print the report."""
+    exp = load_experiment(path, overrides)
+    out = Path(out_dir) if out_dir else Path("runs") / exp.name
+    out.mkdir(parents=True, exist_ok=True)
+    rollout_model = exp.report.get("attention_rollout")  # a model label, or None
+    rollout_n = int(exp.report.get("rollout_images", 8))
+    full = max(r.fraction for r in exp.runs)
+    first_seed = min(r.seed for r in exp.runs)
+    results = []
+    for i, run in enumerate(exp.runs, 1):
+        print(f"[{i}/{len(exp.runs)}] {run.run_id}", flush=True)
+        wants_rollout = run.label == rollout_model and run.fraction == full and \
+            run.seed == first_seed
+        results.append(_execute(exp, run, out, rollout_n if wants_rollout else 0))
+    table = write_report(exp, results, out)
+    print(table)
+    print(f"\nreport: {out / 'report.md'}")
+    return {"experiment": exp.name, "out_dir": str(out), "runs": results}
