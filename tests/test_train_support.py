@@ -7,11 +7,26 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 import torch.nn as nn
 
 from mmtx.layers import PatchEmbed, Transformer
 from mmtx.models import registry
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One torch thread during each engine test (the test modules import this fixture).
+
+    The models are tiny: on a shared 2-core machine thread sync costs ~50x the math. The
+    subprocess scripts call torch.set_num_threads(1) too, so every run in a test has the same
+    count (CPU results can depend on it).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class QuadrantDataset(torch.utils.data.Dataset):
@@ -111,3 +126,36 @@ def tiny_config(**train):
     }
     cfg["train"].update(train)
     return cfg
+
+
+def run_in_subprocess_env(root) -> dict:
+    """Environment for `python tests/test_train_support.py ...` (and torchrun of it)."""
+    import os
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", WANDB_MODE="offline",
+               WANDB_SILENT="true")
+    return env
+
+
+def _main(argv) -> int:
+    """python tests/test_train_support.py RUN_DIR CONFIG_JSON DATA_JSON: train with tiny data."""
+    import json
+
+    from mmtx.train import NonFiniteLossError, TrainingInterrupted, train
+
+    torch.set_num_threads(1)
+    run_dir, cfg, data_kw = argv[0], json.loads(argv[1]), json.loads(argv[2])
+    try:
+        result = train(cfg, run_dir=run_dir, data=splits(**data_kw), resume="auto")
+    except TrainingInterrupted:
+        return 130
+    except NonFiniteLossError as e:
+        print(e)
+        return 1
+    print("FINAL", json.dumps({k: v for k, v in result.items()
+                               if isinstance(v, (int, float, str))}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(_main(sys.argv[1:]))

@@ -150,7 +150,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, opt, key)
             except ValueError as e:
                 errors.append(str(e))
-        names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+        words = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                 type(None): "null"}
+        names = " or ".join(words.get(o, getattr(o, "__name__", str(o))) for o in options)
         raise ValueError(f"config key {key!r}: expected {names}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(hint) or (Any,)

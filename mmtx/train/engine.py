@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -128,6 +129,9 @@ class Trainer:
                                     f"{str(ckpt.checkpoints_dir(self.run_dir))!r}")
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_s": 0.0, "items": 0,
                  "wandb_run_id": None, "resumed_from": None}
+        if self.main:  # a temporary dir left by a crash during a save is never resumed from
+            for stale in ckpt.checkpoints_dir(self.run_dir).glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         if latest is not None and mode in (True, "auto"):
             state.update(ckpt.load_checkpoint(self.acc, latest, ema=self.ema))
             state["resumed_from"] = state["step"]
@@ -148,6 +152,9 @@ class Trainer:
         while True:
             if pos >= n:
                 epoch, pos = epoch + 1, 0
+            # Accelerate's loader re-sets the sampler's epoch from its own pass counter on every
+            # pass; setting it here keeps both equal to our epoch, also after a resume.
+            self.train_loader.set_epoch(epoch)
             self.sampler.set_epoch(epoch)
             loader = (self.acc.skip_first_batches(self.train_loader, pos) if pos
                       else self.train_loader)
