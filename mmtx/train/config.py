@@ -37,7 +37,7 @@ class DataConfig:
     batch_size: int = 64  # per process; global batch = batch_size * processes * grad_accum
     eval_batch_size: int | None = None  # None: 2 * batch_size (no activations kept for backward)
     num_workers: int = 0
-    augment: bool = True
+    augment: str = "light"  # none | light | strong (train split only; mmtx.data presets)
     fraction: float = 1.0  # of the training split; val/test always whole
     seed: int | None = None  # dataset subset/generation seed; None: train.seed
     val_split: str | None = "val"  # None: no validation

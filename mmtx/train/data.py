@@ -112,5 +112,5 @@ def build_datasets(data_cfg, seed: int, data=None) -> dict:
         out[key] = build_dataset(
             data_cfg.name, split=split, root=data_cfg.root, download=data_cfg.download,
             fraction=data_cfg.fraction if key == "train" else 1.0, seed=data_seed,
-            augment=data_cfg.augment and key == "train", **data_cfg.args)
+            augment=data_cfg.augment if key == "train" else "none", **data_cfg.args)
     return out
