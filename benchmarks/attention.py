@@ -49,8 +49,10 @@ def _sync(device):
 def time_side_by_side(fns: dict, reps: int, warmup: int, device) -> dict:
     """Median seconds per call of each fn; all fns run in turn inside every repetition."""
     times = {name: [] for name in fns}
+    order = list(fns.items())
     for i in range(warmup + reps):
-        for name, fn in fns.items():
+        order = order[1:] + order[:1]  # rotate, so no fn always runs right after another
+        for name, fn in order:
             _sync(device)
             start = time.perf_counter()
             fn()
