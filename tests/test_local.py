@@ -84,3 +84,28 @@ def test_bad_input(call, words):
         call()
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_window_option_matches_masked_attention(causal):
+    from mmtx.layers import Attention, Decoder, RotaryEmbedding
+
+    torch.manual_seed(0)
+    dense = Attention(16, 4, num_kv_heads=2).eval()
+    local = Attention(16, 4, num_kv_heads=2, window=3).eval()
+    local.load_state_dict(dense.state_dict())
+    x = torch.randn(2, 11, 16)
+    ref = dense(x, mask=sliding_window_mask(11, 3, causal=causal), causal=causal)
+    torch.testing.assert_close(local(x, causal=causal), ref, atol=1e-5, rtol=1e-5)
+    out, w = local(x, causal=causal, return_attn=True)  # the dense path, window as a mask
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert (w[..., ~sliding_window_mask(11, 3, causal=causal)] == 0).all()
+    if causal:  # decoding with a cache sees the same window
+        dec = Decoder(2, 16, 4, window=3).eval()
+        rope = RotaryEmbedding(4)
+        full, cache = dec(x, rope=rope), dec.new_cache()
+        with torch.no_grad():
+            steps = [dec(x[:, t:t + 1], rope=rope, cache=cache) for t in range(11)]
+        torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="window"):
+        Attention(16, 4, window=0)
