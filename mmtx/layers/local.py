@@ -18,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+_CHUNK = 1 << 22  # score elements per chunk of blocks (16 MiB in fp32)
+
 
 def _check(q, k, v, window, global_positions):
     if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
@@ -68,39 +70,51 @@ def local_attention(
     vp = F.pad(v, (0, 0, b, right))
     k_win = kp.unfold(-2, span, b)  # (..., nb, E, span): a view, key c of block n is n*b - b + c
     v_win = vp.unfold(-2, span, b).transpose(-1, -2)  # (..., nb, span, Ev)
-    scores = qb @ k_win  # (..., nb, b, span)
 
-    # Which (query, key) pairs of each block are allowed; the same for every batch and head.
     dev = q.device
-    qi = (torch.arange(nb, device=dev)[:, None] * b + torch.arange(b, device=dev))[:, :, None]
-    kj = (torch.arange(nb, device=dev)[:, None] * b - b + torch.arange(span, device=dev))[:, None]
-    d = qi - kj  # (nb, b, span) query position minus key position
-    in_window = ((d >= 0) & (d < window)) if causal else (d.abs() < window)
-    real_key = (kj >= 0) & (kj < L)
-    # Padded queries (qi >= L) are dropped at the end; letting them see every real key in their
-    # blocks keeps their softmax rows finite, so no NaN reaches the backward pass.
-    allowed = real_key & (in_window | (qi >= L))  # (nb, b, span)
-    scores = scores.masked_fill(~allowed, float("-inf"))
 
+    def blocked(s, e):
+        """(e - s, b, span) True where a query of blocks s..e-1 may not see a window key."""
+        qi = (torch.arange(s, e, device=dev)[:, None] * b + torch.arange(b, device=dev))[..., None]
+        kj = (torch.arange(s, e, device=dev)[:, None] * b - b
+              + torch.arange(span, device=dev))[:, None]  # key c of block n is n*b - b + c
+        d = qi - kj  # query position minus key position
+        in_window = ((d >= 0) & (d < window)) if causal else (d.abs() < window)
+        # Padded queries (qi >= L) are dropped at the end; letting them see every real key of
+        # their block keeps their softmax rows finite, so no NaN reaches the backward pass.
+        return ~((kj >= 0) & (kj < L) & (in_window | (qi >= L)))
+
+    if pos is not None:
+        # Global keys: every query sees them, except where the window already holds them (a key
+        # must enter the softmax once) or causality forbids it.
+        kg_t, vg = k[..., pos, :].transpose(-1, -2), v[..., pos, :]  # (..., E, G), (..., G, Ev)
+        dg = torch.arange(nb * b, device=dev)[:, None] - pos[None, :]  # (nb*b, G)
+        g_in_window = ((dg >= 0) & (dg < window)) if causal else (dg.abs() < window)
+        g_blocked = (g_in_window | (dg < 0)) if causal else g_in_window
+
+    # Blocks go through in chunks of about _CHUNK score elements: every chunk is one batched
+    # matmul, and the (L, span) scores and weights never exist at once, which keeps the peak
+    # memory near that of q, k, v themselves.
+    per_block = max(1, math.prod(lead)) * b * span
+    step = max(1, _CHUNK // per_block)
+    outs = []
+    for s in range(0, nb, step):
+        e = min(nb, s + step)
+        # in place: the matmul's backward needs its inputs, not its output
+        scores = (qb[..., s:e, :, :] @ k_win[..., s:e, :, :]).masked_fill_(
+            blocked(s, e), float("-inf"))  # (..., n, b, span)
+        if pos is None:
+            outs.append(scores.softmax(-1) @ v_win[..., s:e, :, :])  # (..., n, b, Ev)
+            continue
+        n = e - s
+        g_scores = (qb[..., s:e, :, :].reshape(*lead, n * b, E) @ kg_t).masked_fill_(
+            g_blocked[s * b:e * b], float("-inf"))  # (..., n*b, G)
+        weights = torch.cat([scores.reshape(*lead, n * b, span), g_scores], -1).softmax(-1)
+        local = weights[..., :span].reshape(*lead, n, b, span) @ v_win[..., s:e, :, :]
+        outs.append(local + (weights[..., span:] @ vg).reshape(*lead, n, b, -1))  # (.., n, b, Ev)
+    out = torch.cat(outs, dim=-3).reshape(*lead, nb * b, -1)[..., :L, :]  # (..., L, Ev)
     if pos is None:
-        weights = scores.softmax(-1)
-        out = weights @ v_win  # (..., nb, b, Ev)
-        return out.reshape(*lead, nb * b, -1)[..., :L, :]  # (..., L, Ev)
-
-    # Global keys: every query sees them, except where the window already holds them (a key
-    # must enter the softmax once) or causality forbids it.
-    kg, vg = k[..., pos, :], v[..., pos, :]  # (..., G, E), (..., G, Ev)
-    g_scores = qb.reshape(*lead, nb * b, E) @ kg.transpose(-1, -2)  # (..., nb*b, G)
-    qi_flat = torch.arange(nb * b, device=dev)[:, None]  # (nb*b, 1)
-    dg = qi_flat - pos[None, :]  # (nb*b, G)
-    g_in_window = ((dg >= 0) & (dg < window)) if causal else (dg.abs() < window)
-    g_allowed = (~g_in_window & (dg >= 0)) if causal else ~g_in_window
-    g_scores = g_scores.masked_fill(~g_allowed, float("-inf"))
-    flat = scores.reshape(*lead, nb * b, span)  # (..., nb*b, span)
-    weights = torch.cat([flat, g_scores], dim=-1).softmax(-1)  # (..., nb*b, span + G)
-    w_local = weights[..., :span].reshape(*lead, nb, b, span)
-    out = (w_local @ v_win).reshape(*lead, nb * b, -1) + weights[..., span:] @ vg  # (.., nb*b, Ev)
-    out = out[..., :L, :]
+        return out
 
     # Global queries see every key (causal: j <= i): G dense rows, O(G * L).
     g_rows = (q[..., pos, :] * scale) @ k.transpose(-1, -2)  # (..., G, L)
