@@ -20,7 +20,7 @@ def _dense(q, k, v, window, causal, global_positions):
     return scaled_dot_product_attention(q, k, v, mask=mask)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(length=st.integers(1, 40), window=st.integers(1, 45), causal=st.booleans(),
        n_global=st.integers(0, 3), seed=st.integers(0, 2**16))
 def test_local_equals_dense_under_mask(length, window, causal, n_global, seed):
@@ -33,10 +33,10 @@ def test_local_equals_dense_under_mask(length, window, causal, n_global, seed):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("pos", [None, [0, 17]])
+@pytest.mark.parametrize("pos", [None, [0, 13]])
 def test_local_gradients_equal_dense(causal, pos):
     torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 37, 4, dtype=torch.float64, requires_grad=True)
+    q, k, v = (torch.randn(1, 2, 23, 4, dtype=torch.float64, requires_grad=True)
                for _ in range(3))
     out = local_attention(q, k, v, 5, causal=causal, global_positions=pos)
     grads = torch.autograd.grad(out.pow(2).sum(), (q, k, v))
@@ -44,10 +44,11 @@ def test_local_gradients_equal_dense(causal, pos):
     ref_grads = torch.autograd.grad(ref.pow(2).sum(), (q, k, v))
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+    small_pos = pos and [0, 7]
     assert torch.autograd.gradcheck(
-        lambda q, k, v: local_attention(q, k, v, 3, causal=causal, global_positions=pos),
-        (q[..., :20, :].detach().requires_grad_(), k[..., :20, :].detach().requires_grad_(),
-         v[..., :20, :].detach().requires_grad_()))
+        lambda q, k, v: local_attention(q, k, v, 3, causal=causal, global_positions=small_pos),
+        (q[..., :11, :].detach().requires_grad_(), k[..., :11, :].detach().requires_grad_(),
+         v[..., :11, :].detach().requires_grad_()))
 
 
 def test_window_one_is_attention_to_oneself():
