@@ -110,3 +110,18 @@ def test_attention_window_option_matches_masked_attention(causal):
         torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="window"):
         Attention(16, 4, window=0)
+
+
+def test_math_path_switch_gives_the_same_result():
+    from mmtx.layers import use_fused_attn
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 30, 8) for _ in range(3))
+    fused = local_attention(q, k, v, 4, causal=True, global_positions=[3])
+    use_fused_attn(False)
+    try:
+        explicit = local_attention(q, k, v, 4, causal=True, global_positions=[3])
+    finally:
+        use_fused_attn(True)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, _dense(q, k, v, 4, True, [3]), atol=1e-5, rtol=1e-5)

@@ -106,6 +106,10 @@ def scaled_dot_product_attention(
             mask = (mask | dead) if is_bool else mask.masked_fill(dead, 0.0)
 
     if _USE_FUSED and not return_weights:
+        if mask is not None and mask.dim() < q.dim():
+            # A 3-D mask with 4-D q sends PyTorch's CPU dispatch to its slow math fallback
+            # (2-D and full-rank masks get the flash kernel); a view to full rank costs nothing.
+            mask = mask.reshape((1,) * (q.dim() - mask.dim()) + tuple(mask.shape))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                              scale=scale)
         return out if dead is None else out.masked_fill(dead, 0.0)

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-_CHUNK = 1 << 22  # score elements per chunk of blocks (16 MiB in fp32)
+_CHUNK = 1 << 22  # scores per chunk of blocks (16 MiB in fp32)
 
 
 def _check(q, k, v, window, global_positions):
@@ -38,6 +38,19 @@ def _check(q, k, v, window, global_positions):
         raise ValueError(f"global_positions must lie in [0, {length}), got {pos.tolist()}")
     pos = torch.unique(pos)  # sorted, no repeats: a repeated key would be counted twice
     return pos if pos.numel() else None
+
+
+def _attend(q, k, v, mask, scale):
+    """softmax(q k^T * scale, where mask) v; every row has a visible key. Fused unless the global
+    switch (`use_fused_attn(False)`) asks for the explicit math."""
+    from . import attention  # deferred: attention imports this module for its `window` option
+
+    if attention._USE_FUSED:
+        # mask (n, b, span) as (1, n, b, span): a 3-D mask would send PyTorch's CPU dispatch
+        # to its slow math fallback instead of the flash kernel.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)
+    scores = (q @ k.transpose(-1, -2) * scale).masked_fill_(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
 
 
 def local_attention(
@@ -64,55 +77,53 @@ def local_attention(
     tail = nb * b - L  # padding after the last real query
     span = 2 * b if causal else 3 * b  # keys per block: previous, own [, next] block
 
-    qb = F.pad(q * scale, (0, 0, 0, tail)).reshape(*lead, nb, b, E)  # (..., nb, b, E)
+    bh = math.prod(lead)  # batch dims flattened: the fused kernel wants (BH, n, b, E)
+    qb = F.pad(q, (0, 0, 0, tail)).reshape(bh, nb, b, E)  # (BH, nb, b, E)
     right = tail if causal else tail + b
-    kp = F.pad(k, (0, 0, b, right))  # (..., b + L + right, E)
-    vp = F.pad(v, (0, 0, b, right))
-    k_win = kp.unfold(-2, span, b)  # (..., nb, E, span): a view, key c of block n is n*b - b + c
-    v_win = vp.unfold(-2, span, b).transpose(-1, -2)  # (..., nb, span, Ev)
+    kp = F.pad(k, (0, 0, b, right)).reshape(bh, -1, E)  # (BH, b + L + right, E)
+    vp = F.pad(v, (0, 0, b, right)).reshape(bh, kp.shape[1], -1)
+    # Strided views, no copy: key c of block n is position n*b - b + c.
+    k_win = kp.unfold(1, span, b).transpose(-1, -2)  # (BH, nb, span, E)
+    v_win = vp.unfold(1, span, b).transpose(-1, -2)  # (BH, nb, span, Ev)
 
     dev = q.device
 
-    def blocked(s, e):
-        """(e - s, b, span) True where a query of blocks s..e-1 may not see a window key."""
-        qi = (torch.arange(s, e, device=dev)[:, None] * b + torch.arange(b, device=dev))[..., None]
-        kj = (torch.arange(s, e, device=dev)[:, None] * b - b
-              + torch.arange(span, device=dev))[:, None]  # key c of block n is n*b - b + c
-        d = qi - kj  # query position minus key position
-        in_window = ((d >= 0) & (d < window)) if causal else (d.abs() < window)
+    # Within a block, query r and window key c are r - c + b positions apart, whatever the block.
+    d = torch.arange(b, device=dev)[:, None] + b - torch.arange(span, device=dev)  # (b, span)
+    in_window = ((d >= 0) & (d < window)) if causal else (d.abs() < window)
+
+    def allowed(s, e):
+        """(e - s, b, span) True where a query of blocks s..e-1 may see a key of its window."""
+        kj = torch.arange(s, e, device=dev)[:, None] * b - b + torch.arange(span, device=dev)
+        qi = torch.arange(s, e, device=dev)[:, None] * b + torch.arange(b, device=dev)
         # Padded queries (qi >= L) are dropped at the end; letting them see every real key of
         # their block keeps their softmax rows finite, so no NaN reaches the backward pass.
-        return ~((kj >= 0) & (kj < L) & (in_window | (qi >= L)))
+        return ((kj >= 0) & (kj < L))[:, None, :] & (in_window | (qi >= L)[:, :, None])
 
     if pos is not None:
-        # Global keys: every query sees them, except where the window already holds them (a key
-        # must enter the softmax once) or causality forbids it.
-        kg_t, vg = k[..., pos, :].transpose(-1, -2), v[..., pos, :]  # (..., E, G), (..., G, Ev)
+        # Global keys join every block's window, except where the window already holds them (a
+        # key must enter the softmax once) or causality forbids it.
+        G = pos.numel()
+        kg = k[..., pos, :].reshape(bh, 1, G, E)  # (BH, 1, G, E)
+        vg = v[..., pos, :].reshape(bh, 1, G, -1)  # (BH, 1, G, Ev)
         dg = torch.arange(nb * b, device=dev)[:, None] - pos[None, :]  # (nb*b, G)
         g_in_window = ((dg >= 0) & (dg < window)) if causal else (dg.abs() < window)
-        g_blocked = (g_in_window | (dg < 0)) if causal else g_in_window
+        g_allowed = (~g_in_window & (dg >= 0)) if causal else ~g_in_window
 
-    # Blocks go through in chunks of about _CHUNK score elements: every chunk is one batched
-    # matmul, and the (L, span) scores and weights never exist at once, which keeps the peak
-    # memory near that of q, k, v themselves.
-    per_block = max(1, math.prod(lead)) * b * span
-    step = max(1, _CHUNK // per_block)
+    # Blocks go through in chunks of about _CHUNK scores: each chunk is one fused attention
+    # call with the blocks as its "heads", and no more than a chunk's scores exist at once.
+    step = max(1, _CHUNK // (bh * b * (span + (0 if pos is None else G))))
     outs = []
     for s in range(0, nb, step):
         e = min(nb, s + step)
-        # in place: the matmul's backward needs its inputs, not its output
-        scores = (qb[..., s:e, :, :] @ k_win[..., s:e, :, :]).masked_fill_(
-            blocked(s, e), float("-inf"))  # (..., n, b, span)
-        if pos is None:
-            outs.append(scores.softmax(-1) @ v_win[..., s:e, :, :])  # (..., n, b, Ev)
-            continue
-        n = e - s
-        g_scores = (qb[..., s:e, :, :].reshape(*lead, n * b, E) @ kg_t).masked_fill_(
-            g_blocked[s * b:e * b], float("-inf"))  # (..., n*b, G)
-        weights = torch.cat([scores.reshape(*lead, n * b, span), g_scores], -1).softmax(-1)
-        local = weights[..., :span].reshape(*lead, n, b, span) @ v_win[..., s:e, :, :]
-        outs.append(local + (weights[..., span:] @ vg).reshape(*lead, n, b, -1))  # (.., n, b, Ev)
-    out = torch.cat(outs, dim=-3).reshape(*lead, nb * b, -1)[..., :L, :]  # (..., L, Ev)
+        kc, vc, mask = k_win[:, s:e], v_win[:, s:e], allowed(s, e)
+        if pos is not None:
+            n = e - s
+            kc = torch.cat([kc, kg.expand(bh, n, G, E)], dim=-2)  # (BH, n, span + G, E)
+            vc = torch.cat([vc, vg.expand(bh, n, G, vg.shape[-1])], dim=-2)
+            mask = torch.cat([mask, g_allowed[s * b:e * b].reshape(n, b, G)], dim=-1)
+        outs.append(_attend(qb[:, s:e], kc, vc, mask, scale))  # (BH, n, b, Ev)
+    out = torch.cat(outs, dim=1).reshape(*lead, nb * b, -1)[..., :L, :]  # (..., L, Ev)
     if pos is None:
         return out
 
