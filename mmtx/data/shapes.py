@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .render import COLOURS, SHAPES, Obj, add_clutter, render
+from .render import BOUND, COLOURS, SHAPES, Obj, add_clutter, render
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +163,15 @@ class ShapesDataset(Dataset):
         side = self.image_size
         ranges = _RADII[min(n, 3)]
         radii = np.array([rng.uniform(*ranges[s]) for s in sizes]) * side
+        bounds = radii * np.array([BOUND[s] for s in shapes])  # farthest extent of each shape
         # Relation scenes keep their first two objects at least 0.45 of the image side apart.
         far = 0.45 * side if self.task == "relation" else 0.0
         for _ in range(20):  # shrink and retry if the objects do not fit
-            pos = self._place(rng, radii, far)
+            pos = self._place(rng, bounds, far)
             if pos is not None:
                 break
             radii *= 0.9
+            bounds *= 0.9
         jitter = rng.uniform(-self.colour_jitter, self.colour_jitter, (n, 3))
         return [
             Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
@@ -178,7 +180,8 @@ class ShapesDataset(Dataset):
         ]
 
     def _place(self, rng, radii, far):
-        """Centres for the radii without overlaps (objects 0 and 1 at least `far` apart)."""
+        """Centres keeping the bounding circles (radii) inside the image, 1.5 px apart, and
+        objects 0 and 1 at least `far` apart; None if they do not fit."""
         side, pos = self.image_size, np.zeros((len(radii), 2))
         for i, r in enumerate(radii):
             cand = rng.uniform(r + 0.5, side - r - 0.5, (32, 2))  # 32 tries at once
@@ -282,7 +285,7 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if self._images is not None:
             index = self._check_index(index)
-            img, meta = np.asarray(self._images[index]), self._meta[index]
+            img, meta = np.array(self._images[index]), self._meta[index]  # copy: mmap is read-only
             label, caption, attrs = meta["label"], meta["caption"], meta["attributes"]
         else:
             img, objects = self.render_uint8(index)
