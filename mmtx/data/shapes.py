@@ -162,7 +162,8 @@ class ShapesDataset(Dataset):
         sizes = ["large" if b else "small" for b in rng.random(n) < 0.5]
         side = self.image_size
         ranges = _RADII[min(n, 3)]
-        radii = np.array([rng.uniform(*ranges[s]) for s in sizes]) * side
+        lo_hi = np.array([ranges[s] for s in sizes])  # (n, 2) radius range per object
+        radii = rng.uniform(lo_hi[:, 0], lo_hi[:, 1]) * side
         bounds = radii * np.array([BOUND[s] for s in shapes])  # farthest extent of each shape
         # Relation scenes keep their first two objects at least 0.45 of the image side apart.
         far = 0.45 * side if self.task == "relation" else 0.0
@@ -172,12 +173,10 @@ class ShapesDataset(Dataset):
                 break
             radii *= 0.9
             bounds *= 0.9
-        jitter = rng.uniform(-self.colour_jitter, self.colour_jitter, (n, 3))
-        return [
-            Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
-                float(radii[i]), tuple(np.clip(np.add(COLOURS[colours[i]], jitter[i]), 0, 1)))
-            for i in range(n)
-        ]
+        rgb = np.array([COLOURS[c] for c in colours])  # (n, 3)
+        rgb = np.clip(rgb + rng.uniform(-self.colour_jitter, self.colour_jitter, (n, 3)), 0, 1)
+        return [Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
+                    float(radii[i]), tuple(rgb[i].tolist())) for i in range(n)]
 
     def _place(self, rng, radii, far):
         """Centres keeping the bounding circles (radii) inside the image, 1.5 px apart, and
