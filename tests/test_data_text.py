@@ -12,6 +12,7 @@ from mmtx.data import (
     build_tokenizer,
     collate,
     load_tokenizer,
+    shapes_vocabulary,
 )
 
 CAPTIONS = [ShapesDataset(60, task=t)[i]["caption"] for t in ("count", "relation")
@@ -35,6 +36,19 @@ def test_word_tokenizer_round_trip_on_captions():
     assert tok.unk_id not in sum((tok.encode(t) for t in CAPTIONS), [])
     # Frequency-ordered vocabulary: "a" appears in every caption.
     assert tok.itos[5] == "a"
+
+
+def test_shapes_vocabulary_covers_every_caption():
+    tok = WordTokenizer(shapes_vocabulary())
+    for task in ("shape", "count", "relation"):
+        ds = ShapesDataset(300, task=task, split="test", num_objects=(2, 4)
+                           if task == "count" else None)
+        captions = ds.captions  # from the scenes, without rendering
+        assert [captions[i] for i in range(0, 300, 50)] == [ds[i]["caption"]
+                                                          for i in range(0, 300, 50)]
+        for caption in captions:
+            ids = tok.encode(caption)
+            assert tok.unk_id not in ids and tok.decode(ids) == caption
 
 
 def test_word_tokenizer_normalises_and_marks_unknown_words():

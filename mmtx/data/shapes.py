@@ -73,6 +73,14 @@ def make_caption(objects: list[Obj], task: str) -> str:
     return text
 
 
+def shapes_vocabulary() -> list[str]:
+    """Every word and mark a shapes caption can use, so a WordTokenizer built from it never
+    meets <unk> on any split: WordTokenizer(shapes_vocabulary())."""
+    words = ["a", "and", "the", "to", "of", "left", "right", "above", "below", "same",
+             "different", "shape", "shapes", "small", "large", ",", ":"]
+    return words + list(NUMBERS[1:]) + list(SHAPES) + list(COLOURS)
+
+
 class ShapesDataset(Dataset):
     """Captioned shape scenes; items are dicts with image, label, caption and attributes.
 
@@ -245,6 +253,13 @@ class ShapesDataset(Dataset):
             else:
                 self._labels = [self.label_of(self.scene(i)) for i in range(self.num_samples)]
         return self._labels
+
+    @property
+    def captions(self) -> list[str]:
+        """Every item's caption, from the scenes alone (e.g. to build a tokenizer)."""
+        if self._meta is not None:
+            return [m["caption"] for m in self._meta]
+        return [make_caption(self.scene(i), self.task) for i in range(self.num_samples)]
 
     # --- cache --------------------------------------------------------------------------------
     def _config_key(self) -> str:
