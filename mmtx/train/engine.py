@@ -76,6 +76,8 @@ class Trainer:
             dynamo_backend="inductor" if t.compile else "no",
         )
         self.main = self.acc.is_main_process
+        if t.threads:
+            torch.set_num_threads(t.threads)
         set_seed(t.seed)  # same initial weights on every process
 
         self.datasets = build_datasets(cfg.data, t.seed, data)
