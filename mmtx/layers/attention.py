@@ -34,11 +34,17 @@ def _prepare_mask(mask, q, k, causal):
     """Validate `mask`, fold `causal` into it; returns a bool or float mask, or None."""
     lq, lk = q.shape[-2], k.shape[-2]
     if mask is not None:
+        if mask.dtype != torch.bool and not mask.is_floating_point():
+            # An int 0/1 mask would otherwise be *added* to the scores: wrong without an error.
+            raise ValueError(f"mask must be bool (True = may attend) or float (added to the "
+                             f"scores), got dtype {mask.dtype} with shape {tuple(mask.shape)}")
         target = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), lq, lk)
         if not _broadcastable(tuple(mask.shape), target):
             raise ValueError(
                 f"mask must broadcast to (..., Lq, Lk) = {target}, got shape {tuple(mask.shape)}"
             )
+        if mask.is_floating_point():
+            mask = mask.to(q.dtype)  # the fused kernel wants the query's dtype
     if not causal:
         return mask
     cm = causal_mask(lq, lk, device=q.device)  # (Lq, Lk); bottom-right aligned, unlike is_causal
@@ -76,15 +82,27 @@ def scaled_dot_product_attention(
         raise ValueError(
             f"k and v must have the same length Lk, got k {tuple(k.shape)} and v {tuple(v.shape)}"
         )
+    if _USE_FUSED and not return_weights and causal and mask is None and q.shape[-2] <= 1:
+        causal = False  # one query is the last position: it sees every key, no mask needed
+    if (_USE_FUSED and not return_weights and causal and mask is None
+            and q.shape[-2] == k.shape[-2]):
+        # Square causal: top-left and bottom-right alignment coincide, so the kernel's own
+        # is_causal applies; it skips the masked half, and no row can be empty.
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
+                                              scale=scale)
+    # A causal mask alone leaves no row empty unless there are more queries than keys.
+    may_die = mask is not None or q.shape[-2] > k.shape[-2]
     mask = _prepare_mask(mask, q, k, causal)
     dead = None  # (..., Lq, 1) True where a query row has no visible key
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            dead = ~mask.any(-1, keepdim=True)
-            mask = mask | dead  # let dead rows attend anywhere, then zero them below
-        else:
-            dead = torch.isneginf(mask).all(-1, keepdim=True)
-            mask = mask.masked_fill(dead, 0.0)
+    if mask is not None and may_die:
+        is_bool = mask.dtype == torch.bool
+        dead = ~mask.any(-1, keepdim=True) if is_bool else torch.isneginf(mask).all(-1, True)
+        if dead.device.type == "cpu" and not dead.any():
+            # The fix-up below is two more passes over mask and output (as long as the kernel
+            # itself at ViT sizes on CPU); asking first is free on CPU, a stall on a GPU.
+            dead = None
+        else:  # let dead rows attend anywhere, then zero them below
+            mask = (mask | dead) if is_bool else mask.masked_fill(dead, 0.0)
 
     if _USE_FUSED and not return_weights:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
@@ -107,7 +125,9 @@ class KVCache:
     """Keys and values of the positions decoded so far, for one attention layer.
 
     Storage grows by doubling, so appending one token is amortised O(1) instead of the
-    O(L) copy that `torch.cat` on every step costs.
+    O(L) copy that `torch.cat` on every step costs. The in-place writes are for inference; when
+    autograd records the keys (training through a cache), the cache concatenates instead, because
+    a later in-place write would corrupt the keys saved for the backward pass.
     """
 
     def __init__(self):
@@ -117,6 +137,12 @@ class KVCache:
     def update(self, k: torch.Tensor, v: torch.Tensor):
         """Append k, v (B, Hkv, T, D); return all keys and values (B, Hkv, length, D)."""
         t = k.shape[-2]
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            if self._k is not None:
+                k = torch.cat([self._k[..., :self.length, :], k], dim=-2)  # (B, Hkv, len+T, D)
+                v = torch.cat([self._v[..., :self.length, :], v], dim=-2)
+            self._k, self._v, self.length = k, v, k.shape[-2]
+            return k, v
         if self._k is None:
             self._k, self._v = k.new_empty(*k.shape[:-2], max(2 * t, 16), k.shape[-1]), \
                 v.new_empty(*v.shape[:-2], max(2 * t, 16), v.shape[-1])

@@ -1,4 +1,4 @@
-"""Feed-forward layers, the transformer Block, and the one layer stack behind Encoder and Decoder."""
+"""Feed-forward layers, the transformer Block, and the one stack behind Encoder and Decoder."""
 
 from __future__ import annotations
 
@@ -131,8 +131,9 @@ class Block(nn.Module):
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("context must be given to a block with cross_attention=True")
-            x, w_cross = self._residual(x, self.norm_cross, self.ls_cross, lambda h: self.cross_attn(
-                h, context=context, mask=context_mask, return_attn=return_attn))
+            x, w_cross = self._residual(
+                x, self.norm_cross, self.ls_cross, lambda h: self.cross_attn(
+                    h, context=context, mask=context_mask, return_attn=return_attn))
         x, _ = self._residual(x, self.norm2, self.ls2, self.mlp)
         return (x, w_self, w_cross) if return_attn else x
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+_aten = torch.ops.aten
+
+
+def _cpu_flash_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's counter knows the CUDA SDPA kernels but not the CPU fused one, so attention would count
+# as 0 FLOPs on CPU; count it with the same formula (QK^T and AV: 4 * B*H*Lq*Lk*D).
+_EXTRA_FLOPS = {_aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flop}
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -26,7 +37,7 @@ def model_summary(model: nn.Module, input_shape=None, *, example_input=None) -> 
         example_input = torch.randn(1, *input_shape, device=None if p is None else p.device)
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS)
     with counter:
         model(example_input)
     model.train(was_training)
