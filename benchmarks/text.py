@@ -144,7 +144,8 @@ def main(argv=None):
     print(f"{'batch 1':<22}{cache['cached_s']:>12.2f}{cache['uncached_s']:>12.2f}"
           f"{cache['speedup']:>8.1f}x")
     print(f"\n{'training':<22}{'mmtx tok/s':>12}{'HF tok/s':>12}{'mmtx/HF':>9}")
-    print(f"{'batch %d x %d' % (train['batch'], train['seq_len']):<22}"
+    shape = f"batch {train['batch']} x {train['seq_len']}"
+    print(f"{shape:<22}"
           f"{train['mmtx_tok_s']:>12.0f}{train['hf_tok_s']:>12.0f}{train['speedup']:>8.2f}x")
 
     result = {"config": vars(args), "torch": torch.__version__, "machine": platform.machine(),

@@ -75,6 +75,10 @@ BUILDERS = {
     "caption_folder": _caption_folder,
 }
 
+from .text import TEXT_BUILDERS  # noqa: E402  text_lm, seq2seq_synth, recall (mmtx/data/text.py)
+
+BUILDERS.update(TEXT_BUILDERS)
+
 
 def list_datasets() -> list[str]:
     return list(BUILDERS)

@@ -6,8 +6,6 @@ and BERT checkpoints convert with `from_hf_gpt2` / `from_hf_bert` (in `text_hf.p
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 
@@ -177,26 +175,6 @@ class TextEncoder(nn.Module):
         return self.forward_head(x, attention_mask)
 
 
-@contextlib.contextmanager
-def _single_query(stack: nn.Module, active: bool):
-    """Decode steps with a KV cache have one query, the newest position, which may see every
-    cached key: the causal mask is all True there. Switching it off for the step spares the
-    per-layer mask construction and lets SDPA run unmasked (a third of the per-token overhead
-    at small sizes). The layers have no per-call causal switch, so the blocks' flag is toggled.
-    """
-    if not active:
-        yield
-        return
-    blocks = [b for b in stack.blocks if b.causal]
-    for b in blocks:
-        b.causal = False
-    try:
-        yield
-    finally:
-        for b in blocks:
-            b.causal = True
-
-
 class TextDecoder(nn.Module):
     """GPT-style causal language model with tied input/output embeddings.
 
@@ -275,8 +253,7 @@ class TextDecoder(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=ids.device)
         new, x, pos, mask = [], ids, positions, attention_mask
         for _ in range(max_new_tokens):
-            with _single_query(self.blocks, x.shape[1] == 1):
-                h = self.forward_features(x, mask, pos, cache)
+            h = self.forward_features(x, mask, pos, cache)
             nxt = sample_next(self.lm_head(h[:, -1]), temperature, top_k, top_p, generator)
             if eos_id is not None:
                 nxt = nxt.masked_fill(done, eos_id)
