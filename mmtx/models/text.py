@@ -286,7 +286,7 @@ class Seq2Seq(nn.Module):
     def __init__(self, vocab_size: int = 1000, max_len: int = 256, dim: int = 256,
                  depth: int = 3, num_heads: int = 4, mlp_ratio: float = 4.0, *,
                  decoder_depth: int | None = None, tgt_vocab_size: int | None = None,
-                 pos: str = "sinusoidal", norm_first: bool = True, norm_eps: float = 1e-5,
+                 pos: str = "learned", norm_first: bool = True, norm_eps: float = 1e-5,
                  act: str = "gelu", dropout: float = 0.1, bos_id: int = 1, eos_id: int = 2,
                  pad_id: int = 0):
         super().__init__()
