@@ -75,6 +75,10 @@ BUILDERS = {
     "caption_folder": _caption_folder,
 }
 
+from .text import TEXT_BUILDERS  # noqa: E402  text_lm, seq2seq_synth, recall (mmtx/data/text.py)
+
+BUILDERS.update(TEXT_BUILDERS)
+
 
 def list_datasets() -> list[str]:
     return list(BUILDERS)
@@ -123,6 +127,8 @@ def build_dataset(name: str, split: str = "train", *, root=None, download: bool 
     check_split(split)
     if not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction: expected a number in (0, 1], got {fraction!r}")
+    if isinstance(augment, bool):  # the engine's data.augment is a bool: on = "light"
+        augment = "light" if augment else "none"
     if augment not in PRESETS:
         raise ValueError(f"augment: expected one of {', '.join(PRESETS)}, got {augment!r}")
     if transform is None and split == "train" and augment != "none":
