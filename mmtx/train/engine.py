@@ -204,6 +204,7 @@ class Trainer:
         t0 = time.perf_counter()
         cfg, acc = self.cfg, self.acc
         state = self._resume()
+        self.state = state  # the loop's progress, read by evaluation logs (training time)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.main:
             cfg.save(self.run_dir / "config.yaml")
@@ -319,7 +320,8 @@ class Trainer:
             return {}
         result = self.evaluate(split, step)
         scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
-        log.log(scalars, step)
+        # Training seconds so far (evaluation excluded, resumes included): x-axis of wall-time curves
+        log.log({**scalars, "time/train_s": self.state["train_s"]}, step)
         if self.main:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()
                               if isinstance(v, float))
