@@ -320,7 +320,7 @@ class Trainer:
             return {}
         result = self.evaluate(split, step)
         scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
-        # Training seconds so far (evaluation excluded, resumes included): x-axis of wall-time curves
+        # Training seconds so far (no evaluation, resumes included): x of wall-time curves
         log.log({**scalars, "time/train_s": self.state["train_s"]}, step)
         if self.main:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()
