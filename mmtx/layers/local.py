@@ -3,8 +3,10 @@
 The sequence is cut into blocks of `window` queries. A query block can only see the key block
 before it, its own and (bidirectional) the one after, so each block attends to 3 * window keys
 (2 * window causal): time and memory grow linearly with the length, and no (L, L) matrix is ever
-built. The key windows are strided views (`unfold`) of the padded keys, so all blocks go through
-one batched matmul instead of a Python loop.
+built. The key windows are strided views (`unfold`) of the padded keys, and many blocks go
+through one fused attention call at once, the blocks taking the place of heads; a short loop over
+chunks of blocks (about 4M scores each) caps the memory held at any moment. Global keys are
+appended to every block's window; global queries get G dense rows.
 
 Semantics match `sliding_window_mask` / `global_local_mask` exactly: query i sees key j when
 |i - j| < window (causal: 0 <= i - j < window); a global position sees every key and is seen by
