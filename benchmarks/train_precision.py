@@ -58,7 +58,7 @@ def main() -> None:
     }
     print(f"\n{'precision':<10}{'median steps/s':>16}{'runs':>30}")
     for p, v in rates.items():
-        print(f"{p:<10}{med[p]:>16.3f}{'  '.join(f'{x:.3f}' for x in v):>30}")
+        print(f"{p:<10}{med[p]:>16.3f}    " + "  ".join(f"{x:.3f}" for x in v))
     print(f"bf16 / fp32 = {rows['bf16_over_fp32']:.2f}x")
     out = ROOT / "benchmarks" / "results" / "train_precision.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -110,3 +110,14 @@ def test_quick_config_trains(tmp_path, model_name):
                               "data.args.num_samples=256", "logging.progress=false"])
     assert result["steps"] == 4 and 0.0 <= result["test/acc"] <= 1.0
     assert [s for s, _ in list_checkpoints(tmp_path / model_name)] == [2, 4]
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_losses_as_eager(tmp_path):
+    cfg = tiny_config(max_steps=4, checkpoint_every=2, eval_every=0)
+    cfg["model"]["args"] = {"dropout": 0.0}
+    eager = train(cfg, run_dir=tmp_path / "eager", data=splits())
+    cfg["train"]["compile"] = True
+    compiled = train(cfg, run_dir=tmp_path / "compiled", data=splits())
+    assert compiled["test/loss"] == pytest.approx(eager["test/loss"], abs=1e-4)
+    assert (list_checkpoints(tmp_path / "compiled")[-1][1] / "model.safetensors").is_file()
