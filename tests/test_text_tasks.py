@@ -1,4 +1,4 @@
-"""Text datasets, engine tasks and the LSTM baseline: contents, masking rules, losses, a tiny run."""
+"""Text datasets, engine tasks and the LSTM baseline: contents, masking, losses, a tiny run."""
 
 import pytest
 import torch
