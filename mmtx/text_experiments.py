@@ -182,6 +182,11 @@ def _plots(acc_rows, step_rows, out: Path) -> None:
     axes[1].set(xscale="log", yscale="log", xlabel="sequence length",
                 ylabel="ms per training step", title="time per step vs length")
     axes[1].legend()
+    for ax, key, rows in ((axes[0], "distance", acc_rows), (axes[1], "length", step_rows)):
+        ticks = sorted({r[key] for r in rows})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
     fig.savefig(out / "rnn_vs_transformer.png", dpi=130, bbox_inches="tight")
     plt.close(fig)
 
