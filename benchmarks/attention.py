@@ -49,8 +49,10 @@ def _sync(device):
 def time_side_by_side(fns: dict, reps: int, warmup: int, device) -> dict:
     """Median seconds per call of each fn; all fns run in turn inside every repetition."""
     times = {name: [] for name in fns}
+    order = list(fns.items())
     for i in range(warmup + reps):
-        for name, fn in fns.items():
+        order = order[1:] + order[:1]  # rotate, so no fn always runs right after another
+        for name, fn in order:
             _sync(device)
             start = time.perf_counter()
             fn()
@@ -151,6 +153,8 @@ def bench_local(lengths, window, heads, head_dim, reps, device, dense_max):
         doublings = (row["L"] // prev["L"]).bit_length() - 1
         growth = row["median_ms"]["local"] / prev["median_ms"]["local"]
         row["local_time_growth_per_doubling"] = growth ** (1 / doublings)
+        # Linear time doubles per doubling of L; per token it should stay flat (1.0).
+        row["local_time_per_token_growth_per_doubling"] = growth ** (1 / doublings) / 2
     return rows
 
 
@@ -175,17 +179,19 @@ def main(argv=None):
               f"{m['torch_mha']:>12.2f} ({rat['torch_mha']:.2f}x)"
               f"{m['timm']:>12.2f} ({rat['timm']:.2f}x)")
 
-    print("\nlocal_attention vs dense (forward, window=256, 1 x 4 heads x 64)")
+    print("\nlocal_attention vs dense (forward, window=256, 1 x 4 heads x 64); growth/2x: local "
+          "time ratio per doubling of L (linear = 2.0), per token: that / 2 (linear = 1.0)")
     local = bench_local(lengths, 256, 4, 64, reps, device, dense_max=16384)
     print(f"{'L':>6}{'local ms':>10}{'dense ms':>10}{'t ratio':>9}{'local MiB':>11}"
-          f"{'dense MiB':>11}{'m ratio':>9}{'growth/2x':>10}")
+          f"{'dense MiB':>11}{'m ratio':>9}{'growth/2x':>10}{'per token':>10}")
     for r in local:
         m, p = r["median_ms"], r["peak_mib"]
         print(f"{r['L']:>6}{m['local']:>10.1f}{m.get('dense', float('nan')):>10.1f}"
               f"{r.get('time_ratio_local_vs_dense', float('nan')):>9.3f}{p['local']:>11.1f}"
               f"{p.get('dense', float('nan')):>11.1f}"
               f"{r.get('memory_ratio_local_vs_dense', float('nan')):>9.3f}"
-              f"{r.get('local_time_growth_per_doubling', float('nan')):>10.2f}")
+              f"{r.get('local_time_growth_per_doubling', float('nan')):>10.2f}"
+              f"{r.get('local_time_per_token_growth_per_doubling', float('nan')):>10.2f}")
 
     result = {"device": str(device), "torch": torch.__version__, "threads":
               torch.get_num_threads(), "machine": platform.machine(), "quick": args.quick,

@@ -65,9 +65,9 @@ def _entry(value, what: str) -> tuple[str, dict, str]:
 def set_key(tree: dict, dotted: str, value) -> None:
     """tree["a"]["b"] = value for dotted "a.b", creating mappings on the way."""
     *parents, last = dotted.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
-    tree[last] = value
+    for key in parents:  # a number indexes a list, e.g. "grid.0.seed"
+        tree = tree[int(key)] if isinstance(tree, list) else tree.setdefault(key, {})
+    tree[int(last) if isinstance(tree, list) else last] = value
 
 
 def load_experiment(path, overrides=()) -> Experiment:
@@ -150,16 +150,35 @@ def summarize(results: list[dict]) -> list[dict]:
     return rows
 
 
+def _human(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def check_targets(rows: list[dict], targets: dict) -> list[str]:
+    """Lines saying, per model with a target test accuracy, whether the full-data mean met it."""
+    lines = []
+    full = max(r["fraction"] for r in rows)
+    for r in sorted(rows, key=lambda r: r["model"]):
+        target = targets.get(r["model"])
+        if target is None or r["fraction"] != full:
+            continue
+        gap = r["test_accuracy"] - float(target)
+        verdict = "met" if gap >= 0 else f"MISSED by {-100 * gap:.2f} points"
+        lines.append(f"- {r['model']} on {r['dataset']}: {100 * r['test_accuracy']:.2f}% "
+                     f"vs target {100 * float(target):.1f}%: {verdict}")
+    return lines
+
+
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of `summarize` rows (also readable in a terminal)."""
-    head = ("| model | dataset | data | test acc (%) | params | GFLOPs/img | train img/s "
+    head = ("| model | dataset | data | test acc (%) | params | MFLOPs/img | train img/s "
             "| infer img/s | wall (s) | precision |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted(rows, key=lambda r: (r["dataset"], -r["fraction"], r["model"])):
         acc = f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f}"
         lines.append(
             f"| {r['model']} | {r['dataset']} | {100 * r['fraction']:g}% | {acc} "
-            f"(n={r['seeds']}) | {r['params'] / 1e6:.2f}M | {r['flops'] / 1e9:.3f} "
+            f"(n={r['seeds']}) | {_human(r['params'])} | {r['flops'] / 1e6:.1f} "
             f"| {r['train_images_per_s']:.0f} | {r['infer_images_per_s']:.0f} "
             f"| {r['wall_s']:.1f} | {r['precision']} |"
         )
@@ -184,6 +203,9 @@ def write_report(exp: Experiment, results: list[dict], out: Path) -> str:
           "Test accuracy is the mean ± std over seeds (n = number of seeds); "
           "FLOPs are forward FLOPs per image (torch.utils.flop_counter, a multiply-add = 2); "
           "images/s are measured on this machine during the run.", ""]
+    targets = check_targets(rows, exp.report.get("targets") or {})
+    if targets:
+        md += ["## Targets", "", *targets, ""]
     full = max(r["fraction"] for r in results)
     by_model = {r["model"]: r for r in results if r["fraction"] == full and r["seed"] ==
                 min(x["seed"] for x in results)}

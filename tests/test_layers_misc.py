@@ -180,3 +180,15 @@ def test_block_bad_choices():
         Encoder(1, 8, 2, norm="batch")
     with pytest.raises(ValueError, match="context must be given"):
         Decoder(1, 8, 2, cross_attention=True)(torch.randn(1, 2, 8))
+
+
+def test_demo_prints_worked_example_and_saves_png(tmp_path, capsys):
+    from mmtx.layers.demo import main, sentence_maps
+
+    path = main(tmp_path / "demo.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = capsys.readouterr().out
+    assert "[0.3331, 0.3193, 0.3476]" in text and "[0.9029, 1.0029]" in text
+    both, causal = sentence_maps()
+    torch.testing.assert_close(both.sum(-1), torch.ones(len(both)))
+    assert (causal.triu(1) == 0).all()

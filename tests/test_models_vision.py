@@ -220,6 +220,8 @@ def test_bad_config_values():
         ViT(img_size=8, patch_size=2, dim=16, depth=1, num_heads=2, class_token=False)
     with pytest.raises(ValueError, match="unknown model name"):
         create_model("vit_tiny_patch4_33")
+    with pytest.raises(ValueError, match="resnet18_small.*drop_path_rate"):
+        create_model("resnet18_small", drop_path_rate=0.1)
     with pytest.raises(ValueError, match="unknown timm model"):
         create_model("timm/not_a_model")
 

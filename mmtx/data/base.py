@@ -30,19 +30,21 @@ def _quotas(counts: np.ndarray, total: int) -> np.ndarray:
 
 
 def stratified_split(labels, fractions: dict[str, float], seed: int = 0) -> dict[str, np.ndarray]:
-    """Disjoint index sets with the given fractions per class, e.g. {"val": .1, "test": .2};
-    the rest goes to "train". Deterministic in (labels, fractions, seed); indices sorted."""
+    """Disjoint index sets with the given fractions, e.g. {"val": .1, "test": .2}; the rest goes
+    to "train". Each part is round(N * fraction) items spread over the classes in proportion
+    (largest remainder, so small classes still reach val/test). Deterministic; indices sorted."""
     labels = np.asarray(labels)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    quotas = {k: _quotas(counts, int(round(len(labels) * f))) for k, f in fractions.items()}
     rng = np.random.default_rng(seed)
     out = {k: [] for k in ("train", *fractions)}
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
+    for c in range(len(classes)):
+        idx = np.flatnonzero(inverse == c)
         idx = idx[rng.permutation(len(idx))]
         start = 0
-        for name, frac in fractions.items():
-            n = int(round(len(idx) * frac))
-            out[name].append(idx[start : start + n])
-            start += n
+        for name in fractions:
+            out[name].append(idx[start : start + quotas[name][c]])
+            start += quotas[name][c]
         out["train"].append(idx[start:])
     return {k: np.sort(np.concatenate(v)) for k, v in out.items()}
 

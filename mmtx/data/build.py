@@ -19,10 +19,10 @@ from .vision import ImageFolderDataset, TorchvisionDataset
 def _shapes(split, root, download, transform, image_size, kwargs):
     # build_dataset's `seed` picks the fraction subset; the scene seed is `scene_seed`, so a
     # sweep over run seeds keeps one test set.
+    _check_kwargs("shapes", ShapesDataset, kwargs, exclude=("split", "transform", "image_size"))
     kwargs = dict(kwargs)
     if "scene_seed" in kwargs:
         kwargs["seed"] = kwargs.pop("scene_seed")
-    _check_kwargs("shapes", ShapesDataset, kwargs, exclude=("split", "transform", "image_size"))
     return ShapesDataset(split=split, transform=transform, image_size=image_size or 32, **kwargs)
 
 

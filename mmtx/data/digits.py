@@ -6,6 +6,8 @@ split does not depend on any run seed, so every run is scored on the same 359 te
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch.utils.data import Dataset
 
@@ -16,6 +18,13 @@ SPLIT_FRACTIONS = {"val": 0.1, "test": 0.2}
 SPLIT_SEED = 0  # fixed: the split is part of the dataset's definition
 
 
+@lru_cache(maxsize=1)
+def _load_digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits()
+
+
 class DigitsDataset(Dataset):
     """Items: `image` (1, 8, 8) float (0..16 scaled to [0, 1], then normalised), `label` int.
 
@@ -24,10 +33,8 @@ class DigitsDataset(Dataset):
     """
 
     def __init__(self, split: str = "train", transform=None):
-        from sklearn.datasets import load_digits
-
         self.split = check_split(split)
-        digits = load_digits()
+        digits = _load_digits()
         index = stratified_split(digits.target, SPLIT_FRACTIONS, seed=SPLIT_SEED)[split]
         images = torch.from_numpy(digits.images[index]).float().div_(16.0)  # (N, 8, 8) in [0, 1]
         self.images = images.unsqueeze(1)  # (N, 1, 8, 8)

@@ -28,6 +28,10 @@ COLOURS = {
     "white": (0.95, 0.95, 0.95),
 }
 
+# Distance from the centre to the farthest point of each shape, in units of r: placement keeps
+# these bounding circles apart and inside the image.
+BOUND = {"circle": 1.0, "square": 0.8 * math.sqrt(2), "triangle": 1.26, "diamond": 1.05,
+         "star": 1.1, "cross": 0.96}
 _SQRT_HALF = math.sqrt(0.5)
 _STAR_SECTOR = 2 * math.pi / 5
 _STAR_INNER = 0.45  # inner / outer radius: fat enough arms to read at 5 px
@@ -91,8 +95,9 @@ def render(objects: list[Obj], image_size: int, background=(0.0, 0.0, 0.0)) -> n
     img[:] = background
     for o in objects:
         # Bounding box with a one-pixel margin for the anti-aliasing ramp.
-        x0, x1 = max(0, int(o.x - 1.2 * o.r - 1)), min(size, int(o.x + 1.2 * o.r + 2))
-        y0, y1 = max(0, int(o.y - 1.2 * o.r - 1)), min(size, int(o.y + 1.2 * o.r + 2))
+        b = BOUND[o.shape] * o.r
+        x0, x1 = max(0, int(o.x - b - 1)), min(size, int(o.x + b + 2))
+        y0, y1 = max(0, int(o.y - b - 1)), min(size, int(o.y + b + 2))
         if x0 >= x1 or y0 >= y1:
             continue
         dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - o.x)[None, :]  # (1, w)

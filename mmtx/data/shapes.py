@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .render import COLOURS, SHAPES, Obj, add_clutter, render
+from .render import BOUND, COLOURS, SHAPES, Obj, add_clutter, render
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,14 @@ def make_caption(objects: list[Obj], task: str) -> str:
         same = objects[0].shape == objects[1].shape
         text = f"{'same shape' if same else 'different shapes'}: {text}"
     return text
+
+
+def shapes_vocabulary() -> list[str]:
+    """Every word and mark a shapes caption can use, so a WordTokenizer built from it never
+    meets <unk> on any split: WordTokenizer(shapes_vocabulary())."""
+    words = ["a", "and", "the", "to", "of", "left", "right", "above", "below", "same",
+             "different", "shape", "shapes", "small", "large", ",", ":"]
+    return words + list(NUMBERS[1:]) + list(SHAPES) + list(COLOURS)
 
 
 class ShapesDataset(Dataset):
@@ -162,23 +170,25 @@ class ShapesDataset(Dataset):
         sizes = ["large" if b else "small" for b in rng.random(n) < 0.5]
         side = self.image_size
         ranges = _RADII[min(n, 3)]
-        radii = np.array([rng.uniform(*ranges[s]) for s in sizes]) * side
+        lo_hi = np.array([ranges[s] for s in sizes])  # (n, 2) radius range per object
+        radii = rng.uniform(lo_hi[:, 0], lo_hi[:, 1]) * side
+        bounds = radii * np.array([BOUND[s] for s in shapes])  # farthest extent of each shape
         # Relation scenes keep their first two objects at least 0.45 of the image side apart.
         far = 0.45 * side if self.task == "relation" else 0.0
         for _ in range(20):  # shrink and retry if the objects do not fit
-            pos = self._place(rng, radii, far)
+            pos = self._place(rng, bounds, far)
             if pos is not None:
                 break
             radii *= 0.9
-        jitter = rng.uniform(-self.colour_jitter, self.colour_jitter, (n, 3))
-        return [
-            Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
-                float(radii[i]), tuple(np.clip(np.add(COLOURS[colours[i]], jitter[i]), 0, 1)))
-            for i in range(n)
-        ]
+            bounds *= 0.9
+        rgb = np.array([COLOURS[c] for c in colours])  # (n, 3)
+        rgb = np.clip(rgb + rng.uniform(-self.colour_jitter, self.colour_jitter, (n, 3)), 0, 1)
+        return [Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
+                    float(radii[i]), tuple(rgb[i].tolist())) for i in range(n)]
 
     def _place(self, rng, radii, far):
-        """Centres for the radii without overlaps (objects 0 and 1 at least `far` apart)."""
+        """Centres keeping the bounding circles (radii) inside the image, 1.5 px apart, and
+        objects 0 and 1 at least `far` apart; None if they do not fit."""
         side, pos = self.image_size, np.zeros((len(radii), 2))
         for i, r in enumerate(radii):
             cand = rng.uniform(r + 0.5, side - r - 0.5, (32, 2))  # 32 tries at once
@@ -244,6 +254,13 @@ class ShapesDataset(Dataset):
                 self._labels = [self.label_of(self.scene(i)) for i in range(self.num_samples)]
         return self._labels
 
+    @property
+    def captions(self) -> list[str]:
+        """Every item's caption, from the scenes alone (e.g. to build a tokenizer)."""
+        if self._meta is not None:
+            return [m["caption"] for m in self._meta]
+        return [make_caption(self.scene(i), self.task) for i in range(self.num_samples)]
+
     # --- cache --------------------------------------------------------------------------------
     def _config_key(self) -> str:
         cfg = [self.num_samples, self.image_size, self.split, self.seed, self.task,
@@ -282,7 +299,7 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if self._images is not None:
             index = self._check_index(index)
-            img, meta = np.asarray(self._images[index]), self._meta[index]
+            img, meta = np.array(self._images[index]), self._meta[index]  # copy: mmap is read-only
             label, caption, attrs = meta["label"], meta["caption"], meta["attributes"]
         else:
             img, objects = self.render_uint8(index)

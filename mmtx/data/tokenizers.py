@@ -44,13 +44,14 @@ class Tokenizer:
         return [self.bos_id, *ids, self.eos_id] if add_special else ids
 
     def decode(self, ids, skip_special: bool = True) -> str:
-        """Text of `ids` (a list or a 1-D tensor); specials dropped when `skip_special`."""
+        """Text of `ids` (a list or a 1-D tensor). `skip_special` drops pad/bos/eos/mask; <unk>
+        always shows, so a lossy encoding is visible."""
         ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"ids: expected values in [0, {self.vocab_size}), got {bad[:5]}")
         if skip_special:
-            ids = [i for i in ids if i >= len(SPECIALS)]
+            ids = [i for i in ids if i >= len(SPECIALS) or i == self.unk_id]
         return self._decode(ids)
 
     def save(self, path) -> None:
@@ -203,7 +204,7 @@ def load_tokenizer(path) -> Tokenizer:
     try:
         state = json.loads(path.read_text())
         kind = state.pop("type")
-    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
         raise ValueError(f"{path}: expected a tokenizer JSON with a 'type' key ({e})") from None
     if kind == "word":
         return WordTokenizer(state["vocab"], lowercase=state.get("lowercase", True))

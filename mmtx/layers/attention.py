@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .local import local_attention
 from .masks import causal_mask
 
 # One global switch, like timm's: fused kernels unless a caller asks for the explicit math path.
@@ -105,6 +106,10 @@ def scaled_dot_product_attention(
             mask = (mask | dead) if is_bool else mask.masked_fill(dead, 0.0)
 
     if _USE_FUSED and not return_weights:
+        if mask is not None and mask.dim() < q.dim():
+            # A 3-D mask with 4-D q sends PyTorch's CPU dispatch to its slow math fallback
+            # (2-D and full-rank masks get the flash kernel); a view to full rank costs nothing.
+            mask = mask.reshape((1,) * (q.dim() - mask.dim()) + tuple(mask.shape))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                              scale=scale)
         return out if dead is None else out.masked_fill(dead, 0.0)
@@ -169,7 +174,10 @@ class Attention(nn.Module):
     x (B, Lq, dim), context (B, Lk, context_dim) -> (B, Lq, dim) [, weights (B, H, Lq, Lk)].
     `mask`: bool/float, broadcastable to (B, H, Lq, Lk). `rope`: a callable
     `rope(q, k, offset) -> (q, k)` applied per head (see `RotaryEmbedding`). `cache`: a `KVCache`
-    holding earlier positions' keys and values (self-attention only).
+    holding earlier positions' keys and values (self-attention only). `window`: sliding-window
+    self-attention, query i sees key j when |i - j| < window (causal: 0 <= i - j < window), run
+    block by block by `local_attention` (linear in length) unless a mask, a cache, attention
+    weights or attention dropout ask for the dense path with the same window as a mask.
     """
 
     def __init__(
@@ -184,8 +192,12 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        window: int | None = None,
     ):
         super().__init__()
+        if window is not None and (not isinstance(window, int) or window <= 0):
+            raise ValueError(f"window must be a positive int or None, got {window!r}")
+        self.window = window
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, "
                              f"num_heads={num_heads}")
@@ -242,11 +254,32 @@ class Attention(nn.Module):
             rep = self.num_heads // self.num_kv_heads
             k = k.repeat_interleave(rep, dim=1)  # (B, H, Lk, D)
             v = v.repeat_interleave(rep, dim=1)
-        out = scaled_dot_product_attention(
-            q, k, v, mask=mask, causal=causal,
-            dropout_p=self.attn_drop if self.training else 0.0, return_weights=return_attn,
-        )
-        out, weights = out if return_attn else (out, None)
+        dropout_p = self.attn_drop if self.training else 0.0
+        if self.window is not None and context is not None:
+            raise ValueError(f"window={self.window} is for self-attention; got a context of "
+                             f"shape {tuple(context.shape)}")
+        if self.window is not None and mask is None and cache is None and not return_attn \
+                and dropout_p == 0.0:
+            out, weights = local_attention(q, k, v, self.window, causal=causal), None
+        else:
+            if self.window is not None:
+                mask = self._window_mask(mask, q, k, causal)
+            out = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal,
+                                               dropout_p=dropout_p, return_weights=return_attn)
+            out, weights = out if return_attn else (out, None)
         out = out.transpose(1, 2).reshape(B, L, self.dim)  # (B, L, H*D)
         out = self.proj_drop(self.proj(out))
         return (out, weights) if return_attn else out
+
+    def _window_mask(self, mask, q, k, causal):
+        """The sliding window as a (Lq, Lk) bool mask, folded into `mask`; queries are the last
+        Lq of the Lk positions (bottom-right, as with a KV cache)."""
+        mask = _prepare_mask(mask, q, k, False)  # validates the caller's mask first
+        lq, lk = q.shape[-2], k.shape[-2]
+        d = torch.arange(lk - lq, lk, device=q.device)[:, None] \
+            - torch.arange(lk, device=q.device)[None, :]  # (Lq, Lk) query minus key position
+        window = ((d >= 0) & (d < self.window)) if causal else (d.abs() < self.window)
+        if mask is None:
+            return window
+        return (mask & window) if mask.dtype == torch.bool else \
+            mask.masked_fill(~window, float("-inf"))

@@ -3,8 +3,10 @@
 The sequence is cut into blocks of `window` queries. A query block can only see the key block
 before it, its own and (bidirectional) the one after, so each block attends to 3 * window keys
 (2 * window causal): time and memory grow linearly with the length, and no (L, L) matrix is ever
-built. The key windows are strided views (`unfold`) of the padded keys, so all blocks go through
-one batched matmul instead of a Python loop.
+built. The key windows are strided views (`unfold`) of the padded keys, and many blocks go
+through one fused attention call at once, the blocks taking the place of heads; a short loop over
+chunks of blocks (about 4M scores each) caps the memory held at any moment. Global keys are
+appended to every block's window; global queries get G dense rows.
 
 Semantics match `sliding_window_mask` / `global_local_mask` exactly: query i sees key j when
 |i - j| < window (causal: 0 <= i - j < window); a global position sees every key and is seen by
@@ -17,6 +19,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+_CHUNK = 1 << 22  # scores per chunk of blocks (16 MiB in fp32)
 
 
 def _check(q, k, v, window, global_positions):
@@ -36,6 +40,19 @@ def _check(q, k, v, window, global_positions):
         raise ValueError(f"global_positions must lie in [0, {length}), got {pos.tolist()}")
     pos = torch.unique(pos)  # sorted, no repeats: a repeated key would be counted twice
     return pos if pos.numel() else None
+
+
+def _attend(q, k, v, mask, scale):
+    """softmax(q k^T * scale, where mask) v; every row has a visible key. Fused unless the global
+    switch (`use_fused_attn(False)`) asks for the explicit math."""
+    from . import attention  # deferred: attention imports this module for its `window` option
+
+    if attention._USE_FUSED:
+        # mask (n, b, span) as (1, n, b, span): a 3-D mask would send PyTorch's CPU dispatch
+        # to its slow math fallback instead of the flash kernel.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)
+    scores = (q @ k.transpose(-1, -2) * scale).masked_fill_(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
 
 
 def local_attention(
@@ -62,45 +79,55 @@ def local_attention(
     tail = nb * b - L  # padding after the last real query
     span = 2 * b if causal else 3 * b  # keys per block: previous, own [, next] block
 
-    qb = F.pad(q * scale, (0, 0, 0, tail)).reshape(*lead, nb, b, E)  # (..., nb, b, E)
+    bh = math.prod(lead)  # batch dims flattened: the fused kernel wants (BH, n, b, E)
+    qb = F.pad(q, (0, 0, 0, tail)).reshape(bh, nb, b, E)  # (BH, nb, b, E)
     right = tail if causal else tail + b
-    kp = F.pad(k, (0, 0, b, right))  # (..., b + L + right, E)
-    vp = F.pad(v, (0, 0, b, right))
-    k_win = kp.unfold(-2, span, b)  # (..., nb, E, span): a view, key c of block n is n*b - b + c
-    v_win = vp.unfold(-2, span, b).transpose(-1, -2)  # (..., nb, span, Ev)
-    scores = qb @ k_win  # (..., nb, b, span)
+    kp = F.pad(k, (0, 0, b, right)).reshape(bh, -1, E)  # (BH, b + L + right, E)
+    vp = F.pad(v, (0, 0, b, right)).reshape(bh, kp.shape[1], -1)
+    # Strided views, no copy: key c of block n is position n*b - b + c.
+    k_win = kp.unfold(1, span, b).transpose(-1, -2)  # (BH, nb, span, E)
+    v_win = vp.unfold(1, span, b).transpose(-1, -2)  # (BH, nb, span, Ev)
 
-    # Which (query, key) pairs of each block are allowed; the same for every batch and head.
     dev = q.device
-    qi = (torch.arange(nb, device=dev)[:, None] * b + torch.arange(b, device=dev))[:, :, None]
-    kj = (torch.arange(nb, device=dev)[:, None] * b - b + torch.arange(span, device=dev))[:, None]
-    d = qi - kj  # (nb, b, span) query position minus key position
+
+    # Within a block, query r and window key c are r - c + b positions apart, whatever the block.
+    d = torch.arange(b, device=dev)[:, None] + b - torch.arange(span, device=dev)  # (b, span)
     in_window = ((d >= 0) & (d < window)) if causal else (d.abs() < window)
-    real_key = (kj >= 0) & (kj < L)
-    # Padded queries (qi >= L) are dropped at the end; letting them see every real key in their
-    # blocks keeps their softmax rows finite, so no NaN reaches the backward pass.
-    allowed = real_key & (in_window | (qi >= L))  # (nb, b, span)
-    scores = scores.masked_fill(~allowed, float("-inf"))
 
+    def allowed(s, e):
+        """(e - s, b, span) True where a query of blocks s..e-1 may see a key of its window."""
+        kj = torch.arange(s, e, device=dev)[:, None] * b - b + torch.arange(span, device=dev)
+        qi = torch.arange(s, e, device=dev)[:, None] * b + torch.arange(b, device=dev)
+        # Padded queries (qi >= L) are dropped at the end; letting them see every real key of
+        # their block keeps their softmax rows finite, so no NaN reaches the backward pass.
+        return ((kj >= 0) & (kj < L))[:, None, :] & (in_window | (qi >= L)[:, :, None])
+
+    if pos is not None:
+        # Global keys join every block's window, except where the window already holds them (a
+        # key must enter the softmax once) or causality forbids it.
+        G = pos.numel()
+        kg = k[..., pos, :].reshape(bh, 1, G, E)  # (BH, 1, G, E)
+        vg = v[..., pos, :].reshape(bh, 1, G, -1)  # (BH, 1, G, Ev)
+        dg = torch.arange(nb * b, device=dev)[:, None] - pos[None, :]  # (nb*b, G)
+        g_in_window = ((dg >= 0) & (dg < window)) if causal else (dg.abs() < window)
+        g_allowed = (~g_in_window & (dg >= 0)) if causal else ~g_in_window
+
+    # Blocks go through in chunks of about _CHUNK scores: each chunk is one fused attention
+    # call with the blocks as its "heads", and no more than a chunk's scores exist at once.
+    step = max(1, _CHUNK // (bh * b * (span + (0 if pos is None else G))))
+    outs = []
+    for s in range(0, nb, step):
+        e = min(nb, s + step)
+        kc, vc, mask = k_win[:, s:e], v_win[:, s:e], allowed(s, e)
+        if pos is not None:
+            n = e - s
+            kc = torch.cat([kc, kg.expand(bh, n, G, E)], dim=-2)  # (BH, n, span + G, E)
+            vc = torch.cat([vc, vg.expand(bh, n, G, vg.shape[-1])], dim=-2)
+            mask = torch.cat([mask, g_allowed[s * b:e * b].reshape(n, b, G)], dim=-1)
+        outs.append(_attend(qb[:, s:e], kc, vc, mask, scale))  # (BH, n, b, Ev)
+    out = torch.cat(outs, dim=1).reshape(*lead, nb * b, -1)[..., :L, :]  # (..., L, Ev)
     if pos is None:
-        weights = scores.softmax(-1)
-        out = weights @ v_win  # (..., nb, b, Ev)
-        return out.reshape(*lead, nb * b, -1)[..., :L, :]  # (..., L, Ev)
-
-    # Global keys: every query sees them, except where the window already holds them (a key
-    # must enter the softmax once) or causality forbids it.
-    kg, vg = k[..., pos, :], v[..., pos, :]  # (..., G, E), (..., G, Ev)
-    g_scores = qb.reshape(*lead, nb * b, E) @ kg.transpose(-1, -2)  # (..., nb*b, G)
-    qi_flat = torch.arange(nb * b, device=dev)[:, None]  # (nb*b, 1)
-    dg = qi_flat - pos[None, :]  # (nb*b, G)
-    g_in_window = ((dg >= 0) & (dg < window)) if causal else (dg.abs() < window)
-    g_allowed = (~g_in_window & (dg >= 0)) if causal else ~g_in_window
-    g_scores = g_scores.masked_fill(~g_allowed, float("-inf"))
-    flat = scores.reshape(*lead, nb * b, span)  # (..., nb*b, span)
-    weights = torch.cat([flat, g_scores], dim=-1).softmax(-1)  # (..., nb*b, span + G)
-    w_local = weights[..., :span].reshape(*lead, nb, b, span)
-    out = (w_local @ v_win).reshape(*lead, nb * b, -1) + weights[..., span:] @ vg  # (.., nb*b, Ev)
-    out = out[..., :L, :]
+        return out
 
     # Global queries see every key (causal: j <= i): G dense rows, O(G * L).
     g_rows = (q[..., pos, :] * scale) @ k.transpose(-1, -2)  # (..., G, L)

@@ -44,4 +44,9 @@ def create_model(name: str, **overrides) -> nn.Module:
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `mmtx models`"
         raise ValueError(f"unknown model name {name!r}{hint}")
-    return _MODELS[name](**overrides)
+    try:
+        return _MODELS[name](**overrides)
+    except TypeError as e:  # an override the model does not take: a user's config mistake
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"model {name!r} does not take that override: {e}") from None

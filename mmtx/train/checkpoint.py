@@ -58,6 +58,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, *,
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every process's RNG file is in tmp before the rename
     if accelerator.is_main_process:
         if ema is not None:
             save_file(_contiguous(ema.module.state_dict()), str(tmp / "ema.safetensors"))

@@ -37,7 +37,7 @@ class DataConfig:
     batch_size: int = 64  # per process; global batch = batch_size * processes * grad_accum
     eval_batch_size: int | None = None  # None: 2 * batch_size (no activations kept for backward)
     num_workers: int = 0
-    augment: bool = True
+    augment: bool | str = "none"  # none | light | strong (train split only); true = light
     fraction: float = 1.0  # of the training split; val/test always whole
     seed: int | None = None  # dataset subset/generation seed; None: train.seed
     val_split: str | None = "val"  # None: no validation
@@ -78,6 +78,8 @@ class TrainConfig:
     compile: bool = False
     resume: bool | str = False  # True | False | "auto" (resume when a checkpoint exists)
     cpu: bool = False  # force CPU even when a GPU is present
+    threads: int | None = None  # torch CPU threads; None: torch's default (1 helps tiny models
+    #                             on a busy shared machine, where thread sync dominates)
 
 
 @dataclass

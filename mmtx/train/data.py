@@ -104,6 +104,7 @@ def build_datasets(data_cfg, seed: int, data=None) -> dict:
         raise ValueError(f"data.name {data_cfg.name!r} needs mmtx.data, which failed to import "
                          f"({e}); pass dataset objects to train(..., data=...) instead") from e
     data_seed = seed if data_cfg.seed is None else data_cfg.seed
+    augment = {True: "light", False: "none"}.get(data_cfg.augment, data_cfg.augment)
     out = {}
     for key, split in splits.items():
         if split is None:
@@ -112,5 +113,5 @@ def build_datasets(data_cfg, seed: int, data=None) -> dict:
         out[key] = build_dataset(
             data_cfg.name, split=split, root=data_cfg.root, download=data_cfg.download,
             fraction=data_cfg.fraction if key == "train" else 1.0, seed=data_seed,
-            augment=data_cfg.augment and key == "train", **data_cfg.args)
+            augment=augment if key == "train" else "none", **data_cfg.args)
     return out

@@ -76,6 +76,8 @@ class Trainer:
             dynamo_backend="inductor" if t.compile else "no",
         )
         self.main = self.acc.is_main_process
+        if t.threads:
+            torch.set_num_threads(t.threads)
         set_seed(t.seed)  # same initial weights on every process
 
         self.datasets = build_datasets(cfg.data, t.seed, data)
@@ -202,6 +204,7 @@ class Trainer:
         t0 = time.perf_counter()
         cfg, acc = self.cfg, self.acc
         state = self._resume()
+        self.state = state  # the loop's progress, read by evaluation logs (training time)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.main:
             cfg.save(self.run_dir / "config.yaml")
@@ -317,7 +320,8 @@ class Trainer:
             return {}
         result = self.evaluate(split, step)
         scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
-        log.log(scalars, step)
+        # Training seconds so far (no evaluation, resumes included): x of wall-time curves
+        log.log({**scalars, "time/train_s": self.state["train_s"]}, step)
         if self.main:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()
                               if isinstance(v, float))
@@ -368,10 +372,30 @@ class Trainer:
                                   step)
                     log.log_confusion("test/confusion", test["labels"], test["predictions"],
                                       self.task.__dict__.get("class_names"), step)
+            self._log_attention(final_model, log, step)
             log.summary(summary)
         self.acc.wait_for_everyone()
         return {**summary, "model_module": final_model, "test_predictions": predictions,
                 "val_result": val, "test_result": test}
+
+
+    def _log_attention(self, model, log: RunLogger, step: int) -> None:
+        """Attention rollout over a few test images, for ViT-like models, to W&B."""
+        ds = self.datasets["test"] or self.datasets["val"]
+        if not (log.wandb_on and self.cfg.logging.log_images and ds is not None
+                and hasattr(model, "forward_features") and hasattr(model, "patch_embed")):
+            return
+        try:
+            from ..viz.rollout import plot_rollout, rollout_maps
+            images = torch.stack([ds[i]["image"] for i in range(min(8, len(ds)))])
+            device = next(model.parameters()).device
+            model.eval()
+            with torch.no_grad():
+                maps = rollout_maps(model, images.to(device)).cpu()
+            path = plot_rollout(images, maps, self.run_dir / "attention_rollout.png")
+            log.log_examples("test/attention_rollout", [(None, str(path))], step)
+        except Exception as e:  # a picture is never worth a failed run
+            warnings.warn(f"attention rollout for W&B failed: {e}", stacklevel=2)
 
 
 def default_run_dir(cfg: Config) -> Path:

@@ -109,13 +109,15 @@ class RunLogger:
                 self._wandb_failed(e)
 
     def log_examples(self, name: str, examples: list, step: int) -> None:
-        """Images with captions (e.g. predictions on validation images) to W&B."""
+        """(image (C,H,W), caption) pairs, or (None, png_path), to W&B as images."""
         if not (self.main and self.wandb_on and examples and self.cfg.logging.log_images):
             return
         try:
             import wandb
-            images = [wandb.Image(img.permute(1, 2, 0).numpy() if img.shape[0] in (1, 3)
-                                  else img.numpy(), caption=cap) for img, cap in examples]
+            images = [wandb.Image(cap) if img is None  # a PNG file path
+                      else wandb.Image(img.permute(1, 2, 0).numpy() if img.shape[0] in (1, 3)
+                                       else img.numpy(), caption=cap)
+                      for img, cap in examples]
             self.wandb_run.log({name: images}, step=step)
         except Exception as e:
             self._wandb_failed(e)
