@@ -313,6 +313,10 @@ def _execute(exp: Experiment, run: RunSpec, out: Path, rollout_images: int) -> d
 
 def run_experiment(path, out_dir=None, overrides=()) -> dict:
     """Run (or finish) every run of an experiment file, then write and print the report."""
+    if Path(path).is_file() and (yaml.safe_load(Path(path).read_text()) or {}).get(
+            "kind") == "rnn_vs_transformer":  # a study with its own runner and report
+        from .text_experiments import run_rnn_vs_transformer
+        return run_rnn_vs_transformer(path, out_dir, overrides)
     exp = load_experiment(path, overrides)
     out = Path(out_dir) if out_dir else Path("runs") / exp.name
     out.mkdir(parents=True, exist_ok=True)

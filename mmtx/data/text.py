@@ -48,11 +48,13 @@ def toy_sentences(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def apple_sentences(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
-    """(sentences, sense) with sense 0 = fruit, 1 = company, balanced."""
+def apple_sentences(n: int, seed: int = 0, templates: slice = slice(None)
+                    ) -> tuple[list[str], list[int]]:
+    """(sentences, sense) with sense 0 = fruit, 1 = company, balanced; `templates` picks which
+    of the six sentences per sense are drawn (so a probe can be tested on unseen ones)."""
     rng = random.Random(seed)
     labels = [i % 2 for i in range(n)]
-    return [rng.choice(_COMPANY if y else _FRUIT) for y in labels], labels
+    return [rng.choice((_COMPANY if y else _FRUIT)[templates]) for y in labels], labels
 
 
 def _split_range(n: int, split: str) -> tuple[int, int]:

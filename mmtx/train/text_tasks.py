@@ -168,8 +168,8 @@ class Seq2SeqTask(Task):
         nll, real = self._nll(model, batch)
         tgt = batch["tgt"]
         pred = model.generate(batch["src"], tgt.shape[1] - 1, src_mask=batch["src_mask"])
-        pred = pred[:, :tgt.shape[1]].masked_fill(tgt == 0, 0)  # eos-filled tail -> padding
-        pred = F.pad(pred, (0, tgt.shape[1] - pred.shape[1]))
+        pred = F.pad(pred, (0, tgt.shape[1] - pred.shape[1]))  # decoding may stop early
+        pred = pred.masked_fill(tgt == 0, 0)  # eos-filled tail -> padding
         exact = (pred == tgt).all(1)
         self._sample = (batch["src"][0], pred[0])
         return {"nll": nll.sum(1), "tokens": real.sum(1), "exact": exact.float()}

@@ -1,0 +1,250 @@
+"""The RNN-vs-Transformer study and the context-aware embedding ("apple") probe.
+
+`mmtx run experiments/rnn_vs_transformer.yaml` lands here (its YAML has
+`kind: rnn_vs_transformer`). Three measurements, one report:
+1. accuracy vs distance on long-range recall (`mmtx.data.text.RecallDataset`), each model
+   trained by the engine with the `text_classification` task;
+2. training time per step vs sequence length, measured side by side, interleaved (the LSTM's
+   recurrence is sequential in the length; attention is parallel);
+3. the "apple" probe: a bidirectional encoder trained with masked LM; the word "apple" has one
+   input embedding but its contextual embeddings separate fruit from company sentences
+   (2-D PCA plot and a linear-probe accuracy, trained vs untrained encoder).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+_KEYS = ("kind", "name", "description", "base", "models", "distances", "timing", "probe")
+
+
+def load_study(path, overrides=()) -> dict:
+    from .experiments import set_key
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    for item in overrides or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        set_key(spec, key, yaml.safe_load(value))
+    unknown = sorted(set(spec) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {unknown}; valid: {list(_KEYS)}")
+    if not spec.get("models") or not spec.get("distances"):
+        raise ValueError(f"{path}: 'models' and 'distances' must be non-empty lists")
+    return spec
+
+
+def _train_recall(spec, model, distance, out: Path) -> dict:
+    from .train import train
+
+    run_dir = out / "runs" / f"{model['label']}-d{distance}"
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    cfg = copy.deepcopy(spec.get("base") or {})
+    cfg.setdefault("model", {}).update(name=model["name"], args=dict(model.get("args") or {}))
+    data = cfg.setdefault("data", {})
+    data.update(name="recall", args={**data.get("args", {}), "distance": distance})
+    cfg.setdefault("task", {})["name"] = "text_classification"
+    res = train(cfg, run_dir, resume="auto")
+    epochs = res["epochs"] or 1.0
+    result = {"model": model["label"], "distance": distance,
+              "test_accuracy": res["test_accuracy"], "steps": res["steps"],
+              "train_s": res["train_s"], "s_per_epoch": res["train_s"] / epochs,
+              "s_per_step": res["train_s"] / max(1, res["steps"]), "params": res["params"]}
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def time_per_step(spec, lengths, batch: int = 16, repeats: int = 5) -> list[dict]:
+    """Median seconds of one training step (forward, backward, AdamW) per model and length,
+    interleaved so that machine load hits every model alike."""
+    from .models import create_model
+
+    rows = []
+    for length in lengths:
+        models = {}
+        for m in spec["models"]:
+            torch.manual_seed(0)
+            args = {**(m.get("args") or {}), "vocab_size": 8, "num_classes": 8,
+                    "max_len": length}
+            net = create_model(m["name"], **args)
+            models[m["label"]] = (net, torch.optim.AdamW(net.parameters(), 1e-3))
+        ids = torch.randint(0, 8, (batch, length))
+        labels = torch.randint(0, 8, (batch,))
+        times = {k: [] for k in models}
+        for r in range(repeats + 1):
+            for label, (net, opt) in models.items():
+                t = time.perf_counter()
+                F.cross_entropy(net(ids), labels).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if r:  # the first round warms up
+                    times[label].append(time.perf_counter() - t)
+        for label, ts in times.items():
+            rows.append({"model": label, "length": length, "s_per_step": statistics.median(ts)})
+    return rows
+
+
+@torch.no_grad()
+def _apple_features(model, tokenizer, sentences):
+    """(input embedding, contextual embedding) of "apple" in each sentence: 2 x (N, dim)."""
+    apple = tokenizer.encode("apple", add_special=False)[0]
+    inputs, contextual = [], []
+    model.eval()
+    for s in sentences:
+        ids = torch.tensor([tokenizer.encode(s)])
+        pos = int((ids[0] == apple).nonzero()[0])
+        hidden = model.forward_features(ids)  # (1, L, dim)
+        inputs.append(model.embed.tok.weight[apple])
+        contextual.append(hidden[0, pos])
+    return torch.stack(inputs).numpy(), torch.stack(contextual).numpy()
+
+
+def apple_probe(probe: dict, out: Path) -> dict:
+    """Train an encoder with masked LM on the toy corpus, then probe "apple" embeddings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    from .data.text import apple_sentences
+    from .train import train
+
+    cfg = copy.deepcopy(probe["config"])
+    res = train(cfg, out / "runs" / "apple-mlm", resume="auto")
+    trained = res["model_module"]
+    from .data.text import TextLMDataset
+
+    tokenizer = TextLMDataset("train", **cfg["data"].get("args", {})).tokenizer
+    # The probe is fit on four sentence templates per sense and scored on the two it never saw.
+    n = int(probe.get("sentences", 200))
+    train_s, train_y = apple_sentences(n, seed=1, templates=slice(0, 4))
+    test_s, test_y = apple_sentences(n // 2, seed=2, templates=slice(4, 6))
+    sentences, senses = train_s + test_s, train_y + test_y
+    torch.manual_seed(0)
+    untrained = copy.deepcopy(trained)
+    untrained.init_weights()  # same architecture, fresh random weights: the control
+    result = {"mlm_test_acc": res.get("test_accuracy")}
+    n_train = len(train_s)
+    emb, ctx = _apple_features(trained, tokenizer, sentences)
+    _, ctx0 = _apple_features(untrained, tokenizer, sentences)
+    for name, feats in (("input_embedding", emb), ("contextual_trained", ctx),
+                        ("contextual_untrained", ctx0)):
+        clf = LogisticRegression(max_iter=2000).fit(feats[:n_train], senses[:n_train])
+        result[f"probe_acc_{name}"] = float(clf.score(feats[n_train:], senses[n_train:]))
+    result["distinct_input_embeddings"] = len({tuple(r) for r in emb.round(6).tolist()})
+    xy = PCA(2).fit_transform(ctx)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for y, name in ((0, "apple = fruit"), (1, "apple = company")):
+        pts = xy[[i for i, s in enumerate(senses) if s == y]]
+        ax.scatter(pts[:, 0], pts[:, 1], s=12, label=name, alpha=0.7)
+    ax.set_title(f'contextual embedding of "apple" (PCA, trained encoder)\nlinear probe '
+                 f'{100 * result["probe_acc_contextual_trained"]:.0f}%, input embedding '
+                 f'{100 * result["probe_acc_input_embedding"]:.0f}%')
+    ax.legend()
+    fig.savefig(out / "apple_probe.png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return result
+
+
+def _plots(acc_rows, step_rows, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label in dict.fromkeys(r["model"] for r in acc_rows):
+        pts = sorted((r["distance"], r["test_accuracy"]) for r in acc_rows if r["model"] == label)
+        axes[0].plot(*zip(*pts), marker="o", label=label)
+    axes[0].set(xscale="log", xlabel="distance N (tokens back)", ylabel="test accuracy",
+                title="long-range recall", ylim=(0, 1.05))
+    axes[0].legend()
+    for label in dict.fromkeys(r["model"] for r in step_rows):
+        pts = sorted((r["length"], 1000 * r["s_per_step"]) for r in step_rows
+                     if r["model"] == label)
+        axes[1].plot(*zip(*pts), marker="o", label=label)
+    axes[1].set(xscale="log", yscale="log", xlabel="sequence length",
+                ylabel="ms per training step", title="time per step vs length")
+    axes[1].legend()
+    for ax, key, rows in ((axes[0], "distance", acc_rows), (axes[1], "length", step_rows)):
+        ticks = sorted({r[key] for r in rows})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+    fig.savefig(out / "rnn_vs_transformer.png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run_rnn_vs_transformer(path, out_dir=None, overrides=()) -> dict:
+    spec = load_study(path, overrides)
+    name = spec.get("name", Path(path).stem)
+    out = Path(out_dir) if out_dir else Path("runs") / name
+    out.mkdir(parents=True, exist_ok=True)
+    acc_rows = []
+    for d in spec["distances"]:
+        for m in spec["models"]:
+            print(f"[recall] {m['label']} distance {d}", flush=True)
+            acc_rows.append(_train_recall(spec, m, int(d), out))
+    timing = spec.get("timing") or {}
+    step_rows = time_per_step(spec, timing.get("lengths", [64, 256, 1024]),
+                              int(timing.get("batch", 16)), int(timing.get("repeats", 5)))
+    probe = apple_probe(spec["probe"], out) if spec.get("probe") else None
+    _plots(acc_rows, step_rows, out)
+
+    labels = list(dict.fromkeys(m["label"] for m in spec["models"]))
+    md = [f"# {name}", "", (spec.get("description") or "").strip(), "",
+          "## Accuracy vs distance (test split; chance = 1/8)", "",
+          "| distance | " + " | ".join(f"{lb} acc | {lb} s/epoch | {lb} ms/step"
+                                        for lb in labels) + " |",
+          "|---|" + "---|---|---|" * len(labels)]
+    for d in spec["distances"]:
+        cells = []
+        for lb in labels:
+            r = next(r for r in acc_rows if r["model"] == lb and r["distance"] == int(d))
+            cells.append(f"{100 * r['test_accuracy']:.1f}% | {r['s_per_epoch']:.2f} | "
+                         f"{1000 * r['s_per_step']:.1f}")
+        md.append(f"| {d} | " + " | ".join(cells) + " |")
+    md += ["", "## Training time per step vs sequence length (batch "
+           f"{timing.get('batch', 16)}, median, interleaved)", "",
+           "| length | " + " | ".join(f"{lb} ms" for lb in labels) + " | ratio |",
+           "|---|" + "---|" * (len(labels) + 1)]
+    for length in sorted({r["length"] for r in step_rows}):
+        ms = [1000 * next(r["s_per_step"] for r in step_rows
+                          if r["model"] == lb and r["length"] == length) for lb in labels]
+        md.append(f"| {length} | " + " | ".join(f"{v:.1f}" for v in ms) +
+                  f" | {ms[0] / ms[-1]:.2f} |")
+    md += ["", "![accuracy and time](rnn_vs_transformer.png)", ""]
+    if probe:
+        md += ['## Context-aware embeddings: "apple"', "",
+               f"Input embeddings of 'apple' across {spec['probe'].get('sentences', 200)} "
+               f"sentences: {probe['distinct_input_embeddings']} distinct vector(s). "
+               "Linear-probe accuracy (fruit vs company; fit on 4 sentence templates per sense, "
+               "scored on 2 unseen ones):", "",
+               "| features | probe accuracy |", "|---|---|"]
+        for k in ("input_embedding", "contextual_untrained", "contextual_trained"):
+            md.append(f"| {k.replace('_', ' ')} | {100 * probe[f'probe_acc_{k}']:.1f}% |")
+        md += ["", "![apple probe](apple_probe.png)", ""]
+    (out / "report.md").write_text("\n".join(md))
+    (out / "results.json").write_text(json.dumps(
+        {"experiment": name, "recall": acc_rows, "time_per_step": step_rows, "probe": probe},
+        indent=1))
+    print("\n".join(md))
+    print(f"\nreport: {out / 'report.md'}")
+    return {"experiment": name, "out_dir": str(out), "recall": acc_rows,
+            "time_per_step": step_rows, "probe": probe}
