@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -185,6 +186,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _is_main_process() -> bool:
+    """Under `accelerate launch` / torchrun every process trains; only rank 0 writes reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -298,6 +304,8 @@ def _execute(exp: Experiment, run: RunSpec, out: Path, rollout_images: int) -> d
         "confusion": _confusion(res["test_predictions"], test.num_classes),
         "class_names": list(test.class_names), "run_dir": str(run_dir),
     }
+    if not _is_main_process():
+        return result
     if rollout_images and hasattr(model, "forward_features") and hasattr(model, "patch_embed"):
         from .viz.rollout import plot_rollout, rollout_maps
 
@@ -326,10 +334,13 @@ def run_experiment(path, out_dir=None, overrides=()) -> dict:
     first_seed = min(r.seed for r in exp.runs)
     results = []
     for i, run in enumerate(exp.runs, 1):
-        print(f"[{i}/{len(exp.runs)}] {run.run_id}", flush=True)
+        if _is_main_process():
+            print(f"[{i}/{len(exp.runs)}] {run.run_id}", flush=True)
         wants_rollout = run.label == rollout_model and run.fraction == full and \
             run.seed == first_seed
         results.append(_execute(exp, run, out, rollout_n if wants_rollout else 0))
+    if not _is_main_process():
+        return {"experiment": exp.name, "out_dir": str(out), "runs": results}
     table = write_report(exp, results, out)
     print(table)
     print(f"\nreport: {out / 'report.md'}")
