@@ -71,7 +71,8 @@ def set_key(tree: dict, dotted: str, value) -> None:
     tree[int(last) if isinstance(tree, list) else last] = value
 
 
-def load_experiment(path, overrides=()) -> Experiment:
+def read_spec(path, overrides=(), valid_keys=_TOP_KEYS) -> dict:
+    """An experiment YAML as a dict, with `--set KEY=VALUE` overrides applied and keys checked."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment file not found: {path}")
@@ -81,9 +82,15 @@ def load_experiment(path, overrides=()) -> Experiment:
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         set_key(spec, key, yaml.safe_load(value))
-    unknown = sorted(set(spec) - set(_TOP_KEYS))
+    unknown = sorted(set(spec) - set(valid_keys))
     if unknown:
-        raise ValueError(f"{path}: unknown top-level keys {unknown}; valid: {list(_TOP_KEYS)}")
+        raise ValueError(f"{path}: unknown top-level keys {unknown}; valid: {list(valid_keys)}")
+    return spec
+
+
+def load_experiment(path, overrides=()) -> Experiment:
+    path = Path(path)
+    spec = read_spec(path, overrides)
     base = spec.get("base") or {}
     data = base.get("data", {})
     runs = []
@@ -321,8 +328,9 @@ def _execute(exp: Experiment, run: RunSpec, out: Path, rollout_images: int) -> d
 
 def run_experiment(path, out_dir=None, overrides=()) -> dict:
     """Run (or finish) every run of an experiment file, then write and print the report."""
-    if Path(path).is_file() and (yaml.safe_load(Path(path).read_text()) or {}).get(
-            "kind") == "rnn_vs_transformer":  # a study with its own runner and report
+    kind = (yaml.safe_load(Path(path).read_text()) or {}).get("kind") \
+        if Path(path).is_file() else None
+    if kind == "rnn_vs_transformer":  # a study with its own runner and report
         from .text_experiments import run_rnn_vs_transformer
         return run_rnn_vs_transformer(path, out_dir, overrides)
     exp = load_experiment(path, overrides)

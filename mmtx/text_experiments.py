@@ -21,26 +21,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 _KEYS = ("kind", "name", "description", "base", "models", "distances", "timing", "probe")
 
 
 def load_study(path, overrides=()) -> dict:
-    from .experiments import set_key
+    from .experiments import read_spec
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
-    for item in overrides or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        set_key(spec, key, yaml.safe_load(value))
-    unknown = sorted(set(spec) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown top-level keys {unknown}; valid: {list(_KEYS)}")
+    spec = read_spec(path, overrides, _KEYS)
     if not spec.get("models") or not spec.get("distances"):
         raise ValueError(f"{path}: 'models' and 'distances' must be non-empty lists")
     return spec
