@@ -65,7 +65,9 @@ def test_second_run_does_no_training(finished, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr("mmtx.train.train", no_training)
+    written = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
     again = run_experiment(QUICK, out_dir=out)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == written
     assert [r["test_accuracy"] for r in again["runs"]] == \
         [r["test_accuracy"] for r in first["runs"]]
 
