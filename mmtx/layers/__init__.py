@@ -7,6 +7,8 @@ from .attention import (
     use_fused_attn,
 )
 from .blocks import Block, Decoder, DropPath, Encoder, Intermediates, Mlp, SwiGLU, Transformer
+from .classic import AdditiveAttention, MultiplicativeAttention
+from .local import local_attention
 from .masks import causal_mask, global_local_mask, padding_mask, sliding_window_mask
 from .patch import PatchEmbed, patchify, unpatchify
 from .position import (
@@ -19,6 +21,7 @@ from .position import (
 
 __all__ = [
     "Attention", "KVCache", "scaled_dot_product_attention", "use_fused_attn",
+    "AdditiveAttention", "MultiplicativeAttention", "local_attention",
     "Block", "Decoder", "DropPath", "Encoder", "Intermediates", "Mlp", "SwiGLU", "Transformer",
     "causal_mask", "global_local_mask", "padding_mask", "sliding_window_mask",
     "PatchEmbed", "patchify", "unpatchify",

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .local import local_attention
 from .masks import causal_mask
 
 # One global switch, like timm's: fused kernels unless a caller asks for the explicit math path.
@@ -34,11 +35,17 @@ def _prepare_mask(mask, q, k, causal):
     """Validate `mask`, fold `causal` into it; returns a bool or float mask, or None."""
     lq, lk = q.shape[-2], k.shape[-2]
     if mask is not None:
+        if mask.dtype != torch.bool and not mask.is_floating_point():
+            # An int 0/1 mask would otherwise be *added* to the scores: wrong without an error.
+            raise ValueError(f"mask must be bool (True = may attend) or float (added to the "
+                             f"scores), got dtype {mask.dtype} with shape {tuple(mask.shape)}")
         target = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), lq, lk)
         if not _broadcastable(tuple(mask.shape), target):
             raise ValueError(
                 f"mask must broadcast to (..., Lq, Lk) = {target}, got shape {tuple(mask.shape)}"
             )
+        if mask.is_floating_point():
+            mask = mask.to(q.dtype)  # the fused kernel wants the query's dtype
     if not causal:
         return mask
     cm = causal_mask(lq, lk, device=q.device)  # (Lq, Lk); bottom-right aligned, unlike is_causal
@@ -76,17 +83,33 @@ def scaled_dot_product_attention(
         raise ValueError(
             f"k and v must have the same length Lk, got k {tuple(k.shape)} and v {tuple(v.shape)}"
         )
+    if _USE_FUSED and not return_weights and causal and mask is None and q.shape[-2] <= 1:
+        causal = False  # one query is the last position: it sees every key, no mask needed
+    if (_USE_FUSED and not return_weights and causal and mask is None
+            and q.shape[-2] == k.shape[-2]):
+        # Square causal: top-left and bottom-right alignment coincide, so the kernel's own
+        # is_causal applies; it skips the masked half, and no row can be empty.
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
+                                              scale=scale)
+    # A causal mask alone leaves no row empty unless there are more queries than keys.
+    may_die = mask is not None or q.shape[-2] > k.shape[-2]
     mask = _prepare_mask(mask, q, k, causal)
     dead = None  # (..., Lq, 1) True where a query row has no visible key
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            dead = ~mask.any(-1, keepdim=True)
-            mask = mask | dead  # let dead rows attend anywhere, then zero them below
-        else:
-            dead = torch.isneginf(mask).all(-1, keepdim=True)
-            mask = mask.masked_fill(dead, 0.0)
+    if mask is not None and may_die:
+        is_bool = mask.dtype == torch.bool
+        dead = ~mask.any(-1, keepdim=True) if is_bool else torch.isneginf(mask).all(-1, True)
+        if dead.device.type == "cpu" and not dead.any():
+            # The fix-up below is two more passes over mask and output (as long as the kernel
+            # itself at ViT sizes on CPU); asking first is free on CPU, a stall on a GPU.
+            dead = None
+        else:  # let dead rows attend anywhere, then zero them below
+            mask = (mask | dead) if is_bool else mask.masked_fill(dead, 0.0)
 
     if _USE_FUSED and not return_weights:
+        if mask is not None and mask.dim() < q.dim():
+            # A 3-D mask with 4-D q sends PyTorch's CPU dispatch to its slow math fallback
+            # (2-D and full-rank masks get the flash kernel); a view to full rank costs nothing.
+            mask = mask.reshape((1,) * (q.dim() - mask.dim()) + tuple(mask.shape))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                              scale=scale)
         return out if dead is None else out.masked_fill(dead, 0.0)
@@ -107,7 +130,9 @@ class KVCache:
     """Keys and values of the positions decoded so far, for one attention layer.
 
     Storage grows by doubling, so appending one token is amortised O(1) instead of the
-    O(L) copy that `torch.cat` on every step costs.
+    O(L) copy that `torch.cat` on every step costs. The in-place writes are for inference; when
+    autograd records the keys (training through a cache), the cache concatenates instead, because
+    a later in-place write would corrupt the keys saved for the backward pass.
     """
 
     def __init__(self):
@@ -117,6 +142,12 @@ class KVCache:
     def update(self, k: torch.Tensor, v: torch.Tensor):
         """Append k, v (B, Hkv, T, D); return all keys and values (B, Hkv, length, D)."""
         t = k.shape[-2]
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            if self._k is not None:
+                k = torch.cat([self._k[..., :self.length, :], k], dim=-2)  # (B, Hkv, len+T, D)
+                v = torch.cat([self._v[..., :self.length, :], v], dim=-2)
+            self._k, self._v, self.length = k, v, k.shape[-2]
+            return k, v
         if self._k is None:
             self._k, self._v = k.new_empty(*k.shape[:-2], max(2 * t, 16), k.shape[-1]), \
                 v.new_empty(*v.shape[:-2], max(2 * t, 16), v.shape[-1])
@@ -143,7 +174,10 @@ class Attention(nn.Module):
     x (B, Lq, dim), context (B, Lk, context_dim) -> (B, Lq, dim) [, weights (B, H, Lq, Lk)].
     `mask`: bool/float, broadcastable to (B, H, Lq, Lk). `rope`: a callable
     `rope(q, k, offset) -> (q, k)` applied per head (see `RotaryEmbedding`). `cache`: a `KVCache`
-    holding earlier positions' keys and values (self-attention only).
+    holding earlier positions' keys and values (self-attention only). `window`: sliding-window
+    self-attention, query i sees key j when |i - j| < window (causal: 0 <= i - j < window), run
+    block by block by `local_attention` (linear in length) unless a mask, a cache, attention
+    weights or attention dropout ask for the dense path with the same window as a mask.
     """
 
     def __init__(
@@ -158,8 +192,12 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        window: int | None = None,
     ):
         super().__init__()
+        if window is not None and (not isinstance(window, int) or window <= 0):
+            raise ValueError(f"window must be a positive int or None, got {window!r}")
+        self.window = window
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, "
                              f"num_heads={num_heads}")
@@ -216,11 +254,32 @@ class Attention(nn.Module):
             rep = self.num_heads // self.num_kv_heads
             k = k.repeat_interleave(rep, dim=1)  # (B, H, Lk, D)
             v = v.repeat_interleave(rep, dim=1)
-        out = scaled_dot_product_attention(
-            q, k, v, mask=mask, causal=causal,
-            dropout_p=self.attn_drop if self.training else 0.0, return_weights=return_attn,
-        )
-        out, weights = out if return_attn else (out, None)
+        dropout_p = self.attn_drop if self.training else 0.0
+        if self.window is not None and context is not None:
+            raise ValueError(f"window={self.window} is for self-attention; got a context of "
+                             f"shape {tuple(context.shape)}")
+        if self.window is not None and mask is None and cache is None and not return_attn \
+                and dropout_p == 0.0:
+            out, weights = local_attention(q, k, v, self.window, causal=causal), None
+        else:
+            if self.window is not None:
+                mask = self._window_mask(mask, q, k, causal)
+            out = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal,
+                                               dropout_p=dropout_p, return_weights=return_attn)
+            out, weights = out if return_attn else (out, None)
         out = out.transpose(1, 2).reshape(B, L, self.dim)  # (B, L, H*D)
         out = self.proj_drop(self.proj(out))
         return (out, weights) if return_attn else out
+
+    def _window_mask(self, mask, q, k, causal):
+        """The sliding window as a (Lq, Lk) bool mask, folded into `mask`; queries are the last
+        Lq of the Lk positions (bottom-right, as with a KV cache)."""
+        mask = _prepare_mask(mask, q, k, False)  # validates the caller's mask first
+        lq, lk = q.shape[-2], k.shape[-2]
+        d = torch.arange(lk - lq, lk, device=q.device)[:, None] \
+            - torch.arange(lk, device=q.device)[None, :]  # (Lq, Lk) query minus key position
+        window = ((d >= 0) & (d < self.window)) if causal else (d.abs() < self.window)
+        if mask is None:
+            return window
+        return (mask & window) if mask.dtype == torch.bool else \
+            mask.masked_fill(~window, float("-inf"))

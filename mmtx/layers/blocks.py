@@ -1,4 +1,4 @@
-"""Feed-forward layers, the transformer Block, and the one layer stack behind Encoder and Decoder."""
+"""Feed-forward layers, the transformer Block, and the one stack behind Encoder and Decoder."""
 
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ class Block(nn.Module):
 
     norm_first=True is pre-norm (ViT, GPT-2); False is post-norm (the original Transformer,
     BERT). `forward(x, ...)` returns x, or (x, self_weights, cross_weights) with return_attn.
+    `window` makes the self-attention a sliding window (see `Attention`, `local_attention`).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *,
@@ -97,14 +98,14 @@ class Block(nn.Module):
                  norm_eps: float = 1e-6, context_dim: int | None = None,
                  num_kv_heads: int | None = None, qkv_bias: bool = False, qk_norm: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, mlp: str = "mlp",
-                 act: str = "gelu"):
+                 act: str = "gelu", window: int | None = None):
         super().__init__()
         _choice("mlp", mlp, ("mlp", "swiglu"))
         self.causal, self.norm_first = causal, norm_first
         attn_kw = dict(num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
                        attn_drop=attn_drop, proj_drop=proj_drop)
         self.norm1 = make_norm(norm, dim, norm_eps)
-        self.attn = Attention(dim, num_heads, **attn_kw)
+        self.attn = Attention(dim, num_heads, window=window, **attn_kw)  # window: local attn
         self.cross_attn = Attention(dim, num_heads, context_dim=context_dim, **attn_kw) \
             if cross_attention else None
         self.norm_cross = make_norm(norm, dim, norm_eps) if cross_attention else None
@@ -131,8 +132,9 @@ class Block(nn.Module):
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("context must be given to a block with cross_attention=True")
-            x, w_cross = self._residual(x, self.norm_cross, self.ls_cross, lambda h: self.cross_attn(
-                h, context=context, mask=context_mask, return_attn=return_attn))
+            x, w_cross = self._residual(
+                x, self.norm_cross, self.ls_cross, lambda h: self.cross_attn(
+                    h, context=context, mask=context_mask, return_attn=return_attn))
         x, _ = self._residual(x, self.norm2, self.ls2, self.mlp)
         return (x, w_self, w_cross) if return_attn else x
 

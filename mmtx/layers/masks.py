@@ -45,8 +45,9 @@ def padding_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Ten
 def sliding_window_mask(
     length: int, window: int, causal: bool = False, device=None
 ) -> torch.Tensor:
-    """(length, length) bool. Query i sees key j when |i - j| < window (causal: 0 <= i - j < window).
+    """(length, length) bool. Query i sees key j when |i - j| < window.
 
+    Causal: 0 <= i - j < window.
     window=1 is attention to oneself only; a bidirectional query sees at most 2*window - 1 keys.
     """
     _positive("length", length)

@@ -1,0 +1,318 @@
+"""The embedded default dataset: procedurally drawn, captioned scenes of simple shapes.
+
+Nothing is downloaded: each item is drawn on the fly from its own random stream, seeded by
+(seed, split, index), so an item is the same on every machine and in every worker, and the
+train / val / test streams never share a scene. Tasks label the same kind of scene differently:
+
+- "shape", "colour", "size": one object (by default); the label is its attribute.
+- "count": 1-3 objects (by default); the label is how many (class 0 = "one").
+- "relation": two objects at least 0.45 of the image side apart; the label says whether they are
+  the same shape. Deciding needs both far-apart objects at once, which is what attention is credited
+  with and what a stack of small convolutions only reaches deep in the network.
+
+Captions describe the whole scene ("a small red circle to the left of a large blue square") and
+always name the labelled attribute: count and relation captions start with it ("two shapes: ...",
+"same shape: ...").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .render import BOUND, COLOURS, SHAPES, Obj, add_clutter, render
+
+log = logging.getLogger(__name__)
+
+TASKS = ("shape", "colour", "size", "count", "relation")
+SPLITS = ("train", "val", "test")
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DEFAULT_NUM_SAMPLES = {"train": 10_000, "val": 1_000, "test": 2_000}
+DEFAULT_NUM_OBJECTS = {"shape": (1, 1), "colour": (1, 1), "size": (1, 1), "count": (1, 3),
+                       "relation": (2, 2)}
+# Radius ranges as fractions of the image side, by how crowded the scene is: lone objects are
+# drawn big so the default shape task is easy to read at 32 px.
+_RADII = {1: {"small": (0.17, 0.22), "large": (0.28, 0.36)},
+          2: {"small": (0.14, 0.17), "large": (0.19, 0.24)},
+          3: {"small": (0.12, 0.15), "large": (0.16, 0.20)}}
+MEAN = (0.5, 0.5, 0.5)  # images are mapped to [-1, 1], convenient for generators too
+STD = (0.5, 0.5, 0.5)
+
+
+def _spatial(a: Obj, b: Obj) -> str:
+    """Where a is relative to b, by the larger of the horizontal and vertical offsets."""
+    dx, dy = a.x - b.x, a.y - b.y
+    if abs(dx) >= abs(dy):
+        return "to the left of" if dx < 0 else "to the right of"
+    return "above" if dy < 0 else "below"
+
+
+def _describe(o: Obj) -> str:
+    return f"a {o.size} {o.colour} {o.shape}"
+
+
+def make_caption(objects: list[Obj], task: str) -> str:
+    """English caption of a scene; object 0 comes first and relations are relative to object 1."""
+    text = _describe(objects[0])
+    if len(objects) > 1:
+        text += f" {_spatial(objects[0], objects[1])} {_describe(objects[1])}"
+        for o in objects[2:]:
+            text += f", and {_describe(o)} {_spatial(o, objects[1])} the {objects[1].shape}"
+    n = len(objects)
+    if task == "count":
+        text = f"{NUMBERS[n]} shape{'s' if n > 1 else ''}: {text}"
+    elif task == "relation":
+        same = objects[0].shape == objects[1].shape
+        text = f"{'same shape' if same else 'different shapes'}: {text}"
+    return text
+
+
+def shapes_vocabulary() -> list[str]:
+    """Every word and mark a shapes caption can use, so a WordTokenizer built from it never
+    meets <unk> on any split: WordTokenizer(shapes_vocabulary())."""
+    words = ["a", "and", "the", "to", "of", "left", "right", "above", "below", "same",
+             "different", "shape", "shapes", "small", "large", ",", ":"]
+    return words + list(NUMBERS[1:]) + list(SHAPES) + list(COLOURS)
+
+
+class ShapesDataset(Dataset):
+    """Captioned shape scenes; items are dicts with image, label, caption and attributes.
+
+    Args:
+        num_samples: items in this split (default 10,000 train, 1,000 val, 2,000 test).
+        image_size: side in pixels (square images, 3 channels).
+        split: "train", "val" or "test"; each split has its own random streams.
+        seed: dataset seed; (seed, split, index) fixes an item.
+        task: "shape", "colour" (or "color"), "size", "count" or "relation".
+        num_objects: an int or a (min, max) range; the default depends on the task.
+        shapes, colours: subsets of the available names (default all).
+        noise: std of Gaussian pixel noise in [0, 1] units (default 0: clean).
+        clutter: number of grey specks/strokes per image (default 0).
+        colour_jitter: uniform RGB jitter of each object colour.
+        cache: False; True renders every item into memory once; a directory path also stores
+            the rendered split there (uint8 .npy + JSON, reloaded without unpickling).
+        transform: applied to the uint8 (3, H, W) image tensor; default maps to [-1, 1].
+    """
+
+    def __init__(self, num_samples: int | None = None, image_size: int = 32, split: str = "train",
+                 seed: int = 0, task: str = "shape", *, num_objects=None, shapes=None,
+                 colours=None, noise: float = 0.0, clutter: int = 0, colour_jitter: float = 0.05,
+                 background=(0.0, 0.0, 0.0), cache=False, transform=None):
+        task = "colour" if task == "color" else task
+        if task not in TASKS:
+            raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        if num_samples is None:
+            num_samples = DEFAULT_NUM_SAMPLES[split]
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+        if int(image_size) < 8:
+            raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+        self.shapes = tuple(shapes or SHAPES)
+        self.colours = tuple(colours or COLOURS)
+        for arg, got, valid in (("shapes", self.shapes, SHAPES),
+                                ("colours", self.colours, COLOURS)):
+            bad = [g for g in got if g not in valid]
+            if bad:
+                raise ValueError(f"{arg}: expected names from {', '.join(valid)}, got {bad}")
+        lo, hi = DEFAULT_NUM_OBJECTS[task] if num_objects is None else (
+            (num_objects, num_objects) if isinstance(num_objects, int) else tuple(num_objects))
+        if not 1 <= lo <= hi <= 9:
+            raise ValueError(f"num_objects: expected an int or (min, max) within 1..9, "
+                             f"got {num_objects!r}")
+        if task == "relation" and lo < 2:
+            raise ValueError(f"num_objects: the relation task needs >= 2 objects, got {lo}")
+        if task == "relation" and len(self.shapes) < 2:
+            raise ValueError("shapes: the relation task needs at least two shapes")
+        if noise < 0 or clutter < 0:
+            raise ValueError(f"noise and clutter: expected >= 0, got {noise!r} and {clutter!r}")
+
+        self.num_samples, self.image_size, self.split = int(num_samples), int(image_size), split
+        self.seed, self.task, self.num_objects = int(seed), task, (lo, hi)
+        self.noise, self.clutter, self.colour_jitter = float(noise), int(clutter), colour_jitter
+        self.background = tuple(float(b) for b in background)
+        self.transform = transform
+        self.in_chans, self.mean, self.std = 3, MEAN, STD
+        self.class_names = {
+            "shape": list(self.shapes), "colour": list(self.colours), "size": ["small", "large"],
+            "count": [NUMBERS[n] for n in range(1, hi + 1)], "relation": ["different", "same"],
+        }[task]
+        self.num_classes = len(self.class_names)
+        self._labels: list[int] | None = None
+        self._images: np.ndarray | None = None  # (N, H, W, 3) uint8 when cached
+        self._meta: list[dict] | None = None
+        if cache:
+            self._build_cache(None if cache is True else Path(cache))
+
+    # --- scenes -------------------------------------------------------------------------------
+    def _rng(self, index: int) -> np.random.Generator:
+        # Same stream as np.random.default_rng([...]) with less call overhead.
+        return np.random.Generator(np.random.PCG64([self.seed, SPLITS.index(self.split), index]))
+
+    def _sample_scene(self, rng: np.random.Generator) -> list[Obj]:
+        lo, hi = self.num_objects
+        n = int(rng.integers(lo, hi + 1))
+        shapes = [self.shapes[i] for i in rng.integers(0, len(self.shapes), n)]
+        if self.task == "relation":  # balanced same / different, other objects free
+            if rng.random() < 0.5:
+                shapes[1] = shapes[0]
+            else:
+                others = [s for s in self.shapes if s != shapes[0]]
+                shapes[1] = others[int(rng.integers(0, len(others)))]
+        colours = [self.colours[i] for i in rng.integers(0, len(self.colours), n)]
+        sizes = ["large" if b else "small" for b in rng.random(n) < 0.5]
+        side = self.image_size
+        ranges = _RADII[min(n, 3)]
+        lo_hi = np.array([ranges[s] for s in sizes])  # (n, 2) radius range per object
+        radii = rng.uniform(lo_hi[:, 0], lo_hi[:, 1]) * side
+        bounds = radii * np.array([BOUND[s] for s in shapes])  # farthest extent of each shape
+        # Relation scenes keep their first two objects at least 0.45 of the image side apart.
+        far = 0.45 * side if self.task == "relation" else 0.0
+        for _ in range(20):  # shrink and retry if the objects do not fit
+            pos = self._place(rng, bounds, far)
+            if pos is not None:
+                break
+            radii *= 0.9
+            bounds *= 0.9
+        rgb = np.array([COLOURS[c] for c in colours])  # (n, 3)
+        rgb = np.clip(rgb + rng.uniform(-self.colour_jitter, self.colour_jitter, (n, 3)), 0, 1)
+        return [Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
+                    float(radii[i]), tuple(rgb[i].tolist())) for i in range(n)]
+
+    def _place(self, rng, radii, far):
+        """Centres keeping the bounding circles (radii) inside the image, 1.5 px apart, and
+        objects 0 and 1 at least `far` apart; None if they do not fit."""
+        side, pos = self.image_size, np.zeros((len(radii), 2))
+        for i, r in enumerate(radii):
+            cand = rng.uniform(r + 0.5, side - r - 0.5, (32, 2))  # 32 tries at once
+            ok = np.ones(len(cand), dtype=bool)
+            for j in range(i):
+                need = max(r + radii[j] + 1.5, far if i == 1 else 0.0)
+                ok &= np.hypot(*(cand - pos[j]).T) >= need
+            if not ok.any():
+                return None
+            pos[i] = cand[int(ok.argmax())]  # the first candidate that fits
+        return pos
+
+    def label_of(self, objects: list[Obj]) -> int:
+        if self.task == "shape":
+            return self.shapes.index(objects[0].shape)
+        if self.task == "colour":
+            return self.colours.index(objects[0].colour)
+        if self.task == "size":
+            return int(objects[0].size == "large")
+        if self.task == "count":
+            return len(objects) - 1
+        return int(objects[0].shape == objects[1].shape)  # relation
+
+    def scene(self, index: int) -> list[Obj]:
+        """The objects of item `index` (no rendering)."""
+        return self._sample_scene(self._rng(self._check_index(index)))
+
+    def _check_index(self, index: int) -> int:
+        if not -self.num_samples <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} items")
+        return index % self.num_samples
+
+    def render_uint8(self, index: int) -> tuple[np.ndarray, list[Obj]]:
+        """Item `index` as a (H, W, 3) uint8 array and its objects."""
+        rng = self._rng(self._check_index(index))
+        objects = self._sample_scene(rng)
+        img = render(objects, self.image_size, self.background)
+        if self.clutter:
+            add_clutter(img, rng, self.clutter)
+        if self.noise:
+            img += rng.normal(0.0, self.noise, img.shape).astype(np.float32)
+        return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), objects
+
+    @staticmethod
+    def _attributes(objects: list[Obj]) -> dict:
+        attrs = {
+            "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "x": round(o.x, 2),
+                         "y": round(o.y, 2), "radius": round(o.r, 2)} for o in objects],
+            "count": len(objects),
+        }
+        if len(objects) > 1:
+            attrs["relation"] = "same" if objects[0].shape == objects[1].shape else "different"
+            attrs["spatial"] = _spatial(objects[0], objects[1])
+        return attrs
+
+    @property
+    def labels(self) -> list[int]:
+        """Every item's label, from the scenes alone (used for stratified subsets)."""
+        if self._labels is None:
+            if self._meta is not None:
+                self._labels = [m["label"] for m in self._meta]
+            else:
+                self._labels = [self.label_of(self.scene(i)) for i in range(self.num_samples)]
+        return self._labels
+
+    @property
+    def captions(self) -> list[str]:
+        """Every item's caption, from the scenes alone (e.g. to build a tokenizer)."""
+        if self._meta is not None:
+            return [m["caption"] for m in self._meta]
+        return [make_caption(self.scene(i), self.task) for i in range(self.num_samples)]
+
+    # --- cache --------------------------------------------------------------------------------
+    def _config_key(self) -> str:
+        cfg = [self.num_samples, self.image_size, self.split, self.seed, self.task,
+               self.num_objects, self.shapes, self.colours, self.noise, self.clutter,
+               self.colour_jitter, self.background, 1]  # last: renderer version
+        return hashlib.sha1(repr(cfg).encode()).hexdigest()[:16]
+
+    def _build_cache(self, directory: Path | None) -> None:
+        if directory is not None:
+            stem = directory / f"shapes-{self.split}-{self._config_key()}"
+            npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
+            if npy.exists() and meta.exists():
+                self._images = np.load(npy, mmap_mode="r", allow_pickle=False)
+                self._meta = json.loads(meta.read_text())
+                log.info("shapes: loaded cached %s split from %s", self.split, npy)
+                return
+        side = self.image_size
+        images = np.empty((self.num_samples, side, side, 3), dtype=np.uint8)
+        metas = []
+        for i in range(self.num_samples):
+            images[i], objects = self.render_uint8(i)
+            metas.append({"label": self.label_of(objects),
+                          "caption": make_caption(objects, self.task),
+                          "attributes": self._attributes(objects)})
+        self._images, self._meta = images, metas
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            np.save(npy, images, allow_pickle=False)
+            meta.write_text(json.dumps(metas))
+            log.info("shapes: cached %s split at %s", self.split, npy)
+
+    # --- Dataset ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict:
+        if self._images is not None:
+            index = self._check_index(index)
+            img, meta = np.array(self._images[index]), self._meta[index]  # copy: mmap is read-only
+            label, caption, attrs = meta["label"], meta["caption"], meta["attributes"]
+        else:
+            img, objects = self.render_uint8(index)
+            label, caption = self.label_of(objects), make_caption(objects, self.task)
+            attrs = self._attributes(objects)
+        image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # (3, H, W) uint8
+        if self.transform is not None:
+            image = self.transform(image)
+        else:  # the default: [0, 255] -> [-1, 1], i.e. Normalize(MEAN, STD) after scaling
+            image = image.float().mul_(2.0 / 255.0).sub_(1.0)
+        return {"image": image, "label": label, "caption": caption, "attributes": attrs}
+
+    def __repr__(self) -> str:
+        return (f"ShapesDataset(num_samples={self.num_samples}, image_size={self.image_size}, "
+                f"split={self.split!r}, seed={self.seed}, task={self.task!r}, "
+                f"num_objects={self.num_objects})")

@@ -1,0 +1,185 @@
+"""Real image datasets through torchvision: CIFAR-10/100, MNIST, Fashion-MNIST, image folders.
+
+The official train sets are split once more into train and a stratified 10% val (fixed seed, so
+val never changes between runs); "test" is the official test set. Without the files and without
+`download=True`, loading raises FileNotFoundError that says which files go where.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from .base import check_split, load_rgb, stratified_split, verify_image
+from .transforms import STATS, build_transforms
+
+log = logging.getLogger(__name__)
+
+VAL_FRACTION = 0.1
+SPLIT_SEED = 0
+
+# name -> (torchvision class name, folder under root, what a user must put there)
+TORCHVISION = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py",
+                "data_batch_1..5, test_batch and batches.meta (cifar-10-python.tar.gz, "
+                "extracted)"),
+    "cifar100": ("CIFAR100", "cifar-100-python",
+                 "train, test and meta (cifar-100-python.tar.gz, extracted)"),
+    "mnist": ("MNIST", "MNIST/raw",
+              "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+              "t10k-labels-idx1-ubyte (gunzipped)"),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw",
+                      "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                      "t10k-labels-idx1-ubyte (gunzipped)"),
+}
+
+
+def default_root() -> Path:
+    """$MMTX_DATA_ROOT, else ~/.cache/mmtx/data."""
+    return Path(os.environ.get("MMTX_DATA_ROOT", "~/.cache/mmtx/data")).expanduser()
+
+
+def _open_torchvision(name: str, root: Path, train: bool, download: bool):
+    import torchvision.datasets as tvd
+
+    cls_name, folder, files = TORCHVISION[name]
+    where = root / folder
+    hint = (f"put {files} in {where} (root={str(root)!r}), or pass download=True "
+            "on a machine with network access")
+    try:
+        return getattr(tvd, cls_name)(str(root), train=train, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" / download errors
+        raise FileNotFoundError(f"{name}: dataset files not found or incomplete: {hint}"
+                                + (f" (download failed: {e})" if download else "")) from None
+    except OSError as e:  # urllib errors when offline are OSErrors
+        raise FileNotFoundError(f"{name}: could not download ({e}); {hint}") from None
+
+
+class TorchvisionDataset(Dataset):
+    """A torchvision classification dataset as mmtx items: dicts with `image` and `label`."""
+
+    def __init__(self, name: str, split: str = "train", root=None, download: bool = False,
+                 transform=None, image_size: int | None = None):
+        if name not in TORCHVISION:
+            raise ValueError(f"name: expected one of {', '.join(TORCHVISION)}, got {name!r}")
+        self.name, self.split = name, check_split(split)
+        root = Path(root).expanduser() if root is not None else default_root()
+        self.base = _open_torchvision(name, root, train=split != "test", download=download)
+        targets = [int(t) for t in self.base.targets]
+        if split == "test":
+            self.indices = list(range(len(targets)))
+        else:
+            parts = stratified_split(targets, {"val": VAL_FRACTION}, seed=SPLIT_SEED)
+            self.indices = parts[split].tolist()
+        self._labels = [targets[i] for i in self.indices]
+        stats = STATS[name]
+        self.mean, self.std = stats.mean, stats.std
+        self.image_size = int(image_size or stats.image_size)
+        self.in_chans = len(stats.mean)
+        self.class_names = list(self.base.classes)
+        self.num_classes = len(self.class_names)
+        self.transform = transform or build_transforms(name, "none", self.image_size, train=False)
+
+    @property
+    def labels(self) -> list[int]:
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        image, label = self.base[self.indices[i]]  # PIL image, int
+        return {"image": self.transform(image), "label": int(label)}
+
+    def __repr__(self) -> str:
+        return f"TorchvisionDataset({self.name!r}, split={self.split!r}, n={len(self)})"
+
+
+def check_images(paths, what: str) -> dict[str, str]:
+    """Verify image files; returns {path: reason} for the bad ones (progress bar when many)."""
+    paths = list(dict.fromkeys(paths))
+    bad = {}
+    for p in tqdm(paths, desc=f"checking {what}", disable=len(paths) < 2000, leave=False):
+        reason = verify_image(Path(p))
+        if reason is not None:
+            bad[p] = reason
+    return bad
+
+
+def bad_file_error(where: str, reason: str) -> Exception:
+    """The error for a bad file: FileNotFoundError when missing, else ValueError."""
+    cls = FileNotFoundError if reason == "file not found" else ValueError
+    return cls(f"{where}: {reason} (pass skip_bad=True to skip bad files)")
+
+
+def _not_hidden(path: str) -> bool:
+    return not Path(path).name.startswith(".")
+
+
+class ImageFolderDataset(Dataset):
+    """Class-per-subfolder images (torchvision's ImageFolder layout) as mmtx items.
+
+    Splits: root/train, root/val and root/test when those folders exist (a missing val is carved
+    from train, 10% stratified); a root without split folders is split 70/10/20 stratified.
+    Every file is checked at construction: a bad one raises naming it, or with `skip_bad=True`
+    is logged and left out, and `self.skipped` lists them.
+    """
+
+    def __init__(self, root, split: str = "train", transform=None, image_size: int | None = None,
+                 skip_bad: bool = False):
+        from torchvision.datasets import ImageFolder
+
+        self.root, self.split = Path(root).expanduser(), check_split(split)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"root: image folder {self.root} does not exist")
+        folder, carve = self.root, {"val": 0.1, "test": 0.2}  # no split folders: 70/10/20
+        if (self.root / "train").is_dir():
+            has_val = (self.root / "val").is_dir()
+            if split != "test" and not has_val:  # val carved from train
+                folder, carve = self.root / "train", {"val": VAL_FRACTION}
+            elif (self.root / split).is_dir():
+                folder, carve = self.root / split, None
+            else:
+                raise FileNotFoundError(f"root: {self.root} has a train folder but no {split}")
+        try:  # accept every file here so that broken ones are reported, not silently dropped
+            base = ImageFolder(str(folder), is_valid_file=_not_hidden)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"root: {folder}: {e}") from None
+        samples = base.samples
+        if carve is not None:
+            keep = stratified_split([t for _, t in samples], carve, seed=SPLIT_SEED)[split]
+            samples = [samples[i] for i in keep]
+        bad = check_images([p for p, _ in samples], str(folder))
+        if bad and not skip_bad:
+            raise bad_file_error(*next(iter(bad.items())))
+        for p, reason in bad.items():
+            log.warning("skipping %s: %s", p, reason)
+        if bad:
+            log.warning("skipped %d of %d files in %s", len(bad), len(samples), folder)
+        self.skipped = list(bad.items())
+        self.samples = [(p, t) for p, t in samples if p not in bad]
+        stats = STATS["image_folder"]
+        self.mean, self.std, self.in_chans = stats.mean, stats.std, 3
+        self.image_size = int(image_size or stats.image_size)
+        self.class_names = list(base.classes)
+        self.num_classes = len(self.class_names)
+        self.transform = transform or build_transforms("image_folder", "none", self.image_size,
+                                                       train=False)
+
+    @property
+    def labels(self) -> list[int]:
+        return [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        path, label = self.samples[i]
+        return {"image": self.transform(load_rgb(path)), "label": label}
+
+    def __repr__(self) -> str:
+        return f"ImageFolderDataset({str(self.root)!r}, split={self.split!r}, n={len(self)})"

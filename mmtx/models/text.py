@@ -1,0 +1,390 @@
+"""Text models on the shared layers: BERT-style encoder, GPT-style decoder, encoder-decoder.
+
+Every attention here is `mmtx.layers.Attention` (via `Encoder` / `Decoder`). Hugging Face GPT-2
+and BERT checkpoints convert with `from_hf_gpt2` / `from_hf_bert` (in `text_hf.py`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from mmtx.layers import Decoder, Encoder, RotaryEmbedding, sinusoidal_encoding
+from mmtx.layers.blocks import _ACTIVATIONS
+
+from .generation import beam_search, check_sampling_args, sample_next
+from .registry import register_model
+
+POSITIONS = ("learned", "sinusoidal", "rope")
+
+
+def check_ids(ids: torch.Tensor, vocab_size: int, name: str = "ids") -> None:
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
+        got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"{name} must be an integer tensor (B, L), got {got}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"{name} must lie in [0, vocab_size={vocab_size}), got values in "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+
+
+def key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, Lk) 1/True on real tokens -> bool (B, 1, 1, Lk) for attention; None if no padding."""
+    if attention_mask is None:
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+class TextEmbedding(nn.Module):
+    """Token + position (+ token type) embeddings, then optional LayerNorm (BERT) and dropout.
+
+    positions: "learned" (a table, GPT-2/BERT), "sinusoidal" (fixed) or "rope" (none added here;
+    the attention rotates q and k instead). `forward(ids, positions)` takes explicit positions so
+    that left-padded rows can start counting at their first real token.
+    """
+
+    def __init__(self, vocab_size: int, dim: int, max_len: int, *, pos: str = "learned",
+                 type_vocab_size: int = 0, norm: bool = False, norm_eps: float = 1e-12,
+                 dropout: float = 0.0):
+        super().__init__()
+        if pos not in POSITIONS:
+            raise ValueError(f"pos must be one of {POSITIONS}, got {pos!r}")
+        self.vocab_size, self.max_len, self.pos_kind = vocab_size, max_len, pos
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Embedding(max_len, dim) if pos == "learned" else None
+        if pos == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_encoding(max_len, dim), persistent=False)
+        self.types = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else nn.Identity()
+        self.drop = nn.Dropout(dropout)
+
+    def check(self, ids: torch.Tensor, length: int | None = None) -> None:
+        check_ids(ids, self.vocab_size)
+        length = ids.shape[1] if length is None else length
+        if self.pos_kind != "rope" and length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds the position table "
+                             f"(max_len={self.max_len})")
+
+    def forward(self, ids, positions=None, token_type_ids=None):
+        x = self.tok(ids)  # (B, L, dim)
+        if self.pos_kind != "rope":
+            if positions is None:
+                positions = torch.arange(ids.shape[1], device=ids.device)
+            x = x + (self.pos(positions) if self.pos is not None else self.pos_table[positions])
+        if self.types is not None:
+            x = x + self.types(torch.zeros_like(ids) if token_type_ids is None else token_type_ids)
+        return self.drop(self.norm(x))
+
+
+def _init_text(module: nn.Module, std: float = 0.02) -> None:
+    # GPT-2 / BERT init: N(0, 0.02) for every matrix and embedding, zero biases, unit norms.
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head: dense -> act -> LayerNorm -> tied decoder + bias."""
+
+    def __init__(self, dim: int, embedding: nn.Embedding, act: str, norm_eps: float):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.act = _ACTIVATIONS[act]()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.embedding = [embedding]  # a list, so the tied weight is not registered twice
+        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
+
+    def forward(self, x):
+        return nn.functional.linear(self.norm(self.act(self.dense(x))),
+                                    self.embedding[0].weight, self.bias)
+
+
+class TextEncoder(nn.Module):
+    """Bidirectional (BERT-style) encoder with a masked-LM head and a classification head.
+
+    ids (B, L) [+ attention_mask (B, L) 1 on real tokens, token_type_ids (B, L)] ->
+    `forward_features` (B, L, dim); `forward_mlm` (B, L, vocab); `forward_head` (B, num_classes).
+    `forward` returns class logits when num_classes > 0, else MLM logits.
+    norm_first=False is BERT's post-norm (then the embeddings are normalised and there is no
+    final norm). pool: "cls" (the first token, through a tanh pooler as BERT) or "mean".
+    """
+
+    def __init__(self, vocab_size: int = 30522, max_len: int = 512, dim: int = 256,
+                 depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0, *,
+                 pos: str = "learned", type_vocab_size: int = 0, norm_first: bool = True,
+                 norm_eps: float = 1e-12, act: str = "gelu", dropout: float = 0.1,
+                 attn_drop: float = 0.1, num_classes: int = 0, pool: str = "cls",
+                 mlm_head: bool = True, pooler: bool = True):
+        super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        self.num_classes, self.pool = num_classes, pool
+        self.embed = TextEmbedding(vocab_size, dim, max_len, pos=pos,
+                                   type_vocab_size=type_vocab_size, norm=not norm_first,
+                                   norm_eps=norm_eps, dropout=dropout)
+        self.rope = RotaryEmbedding(dim // num_heads) if pos == "rope" else None
+        self.encoder = Encoder(depth, dim, num_heads, mlp_ratio, norm_first=norm_first,
+                               final_norm=norm_first, norm_eps=norm_eps, act=act, qkv_bias=True,
+                               attn_drop=attn_drop, proj_drop=dropout)
+        self.mlm = MLMHead(dim, self.embed.tok, act, norm_eps) if mlm_head else None
+        self.pooler = nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) \
+            if pooler and pool == "cls" else nn.Identity()
+        self.head_drop = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, num_classes) if num_classes else None
+        self.init_weights()
+
+    def init_weights(self):
+        _init_text(self)
+
+    def forward_features(self, ids, attention_mask=None, token_type_ids=None,
+                         return_hidden=False):
+        self.embed.check(ids)
+        x = self.embed(ids, token_type_ids=token_type_ids)
+        return self.encoder(x, mask=key_mask(attention_mask), rope=self.rope,
+                            return_hidden=return_hidden)
+
+    def forward_mlm(self, ids, attention_mask=None, token_type_ids=None):
+        if self.mlm is None:
+            raise ValueError("this TextEncoder was built with mlm_head=False")
+        return self.mlm(self.forward_features(ids, attention_mask, token_type_ids))
+
+    def pooled(self, x, attention_mask=None):
+        """(B, L, dim) -> (B, dim): [CLS] through the pooler, or the mean over real tokens."""
+        if self.pool == "cls":
+            return self.pooler(x[:, 0])
+        if attention_mask is None:
+            return x.mean(1)
+        m = attention_mask.to(x.dtype)[..., None]  # (B, L, 1)
+        return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def forward_head(self, x, attention_mask=None):
+        if self.head is None:
+            raise ValueError("this TextEncoder was built with num_classes=0 (no classifier)")
+        return self.head(self.head_drop(self.pooled(x, attention_mask)))
+
+    def forward(self, ids, attention_mask=None, token_type_ids=None):
+        if self.head is None:
+            return self.forward_mlm(ids, attention_mask, token_type_ids)
+        x = self.forward_features(ids, attention_mask, token_type_ids)
+        return self.forward_head(x, attention_mask)
+
+
+class TextDecoder(nn.Module):
+    """GPT-style causal language model with tied input/output embeddings.
+
+    ids (B, L) [+ attention_mask (B, L), 1 on real tokens, for left padding] -> logits (B, L, V).
+    `generate` decodes with the KV cache of `mmtx.layers.Transformer.new_cache()`.
+    """
+
+    def __init__(self, vocab_size: int = 50257, max_len: int = 1024, dim: int = 256,
+                 depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0, *,
+                 pos: str = "learned", norm_eps: float = 1e-5, act: str = "gelu_tanh",
+                 dropout: float = 0.0, attn_drop: float = 0.0, tie_weights: bool = True):
+        super().__init__()
+        self.vocab_size, self.max_len = vocab_size, max_len
+        self.embed = TextEmbedding(vocab_size, dim, max_len, pos=pos, dropout=dropout)
+        self.rope = RotaryEmbedding(dim // num_heads) if pos == "rope" else None
+        self.blocks = Decoder(depth, dim, num_heads, mlp_ratio, norm_eps=norm_eps, act=act,
+                              qkv_bias=True, attn_drop=attn_drop, proj_drop=dropout)
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        self.init_weights()
+        if tie_weights:  # GPT-2 ties the output projection to the token embedding
+            self.lm_head.weight = self.embed.tok.weight
+
+    def init_weights(self):
+        _init_text(self)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * depth) so the residual stream's
+        # variance does not grow with depth.
+        for block in self.blocks.blocks:
+            for lin in (block.attn.proj, block.mlp.fc2):
+                nn.init.normal_(lin.weight, std=0.02 / (2 * len(self.blocks.blocks)) ** 0.5)
+
+    def forward_features(self, ids, attention_mask=None, positions=None, cache=None,
+                         return_hidden=False):
+        """Hidden states (B, L, dim). With left padding, positions default to counts of real
+        tokens so that each row's first real token is at position 0."""
+        if positions is None and attention_mask is not None:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            positions = positions[:, -ids.shape[1]:]
+        x = self.embed(ids, positions)
+        return self.blocks(x, mask=key_mask(attention_mask), rope=self.rope, cache=cache,
+                           return_hidden=return_hidden)
+
+    def forward(self, ids, attention_mask=None, positions=None, cache=None):
+        self.embed.check(ids, ids.shape[1] + (cache[0].length if cache else 0))
+        return self.lm_head(self.forward_features(ids, attention_mask, positions, cache))
+
+    def new_cache(self):
+        return self.blocks.new_cache()
+
+    @torch.no_grad()
+    def generate(self, ids, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 eos_id: int | None = None, use_cache: bool = True, attention_mask=None,
+                 generator: torch.Generator | None = None):
+        """Continue `ids` (B, L) by up to `max_new_tokens`; returns (B, L + new) token ids.
+
+        temperature 0 is greedy. Batches of prompts of different lengths are left-padded, with
+        attention_mask (B, L) 0 on the padding. Once a row produces `eos_id` it is filled with
+        eos_id; decoding stops when every row has.
+        """
+        check_sampling_args(temperature, top_k, top_p)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        self.embed.check(ids, ids.shape[1] + max_new_tokens)
+        if attention_mask is not None:
+            if attention_mask.shape != ids.shape:
+                raise ValueError(f"attention_mask must have the shape of ids {tuple(ids.shape)}"
+                                 f", got {tuple(attention_mask.shape)}")
+            attention_mask = attention_mask.bool()
+            if bool(attention_mask.all()):
+                attention_mask = None  # no padding: skip the mask on every step
+        B = ids.shape[0]
+        positions = (torch.arange(ids.shape[1], device=ids.device).expand(B, -1)
+                     if attention_mask is None
+                     else (attention_mask.long().cumsum(-1) - 1).clamp(min=0))  # (B, L)
+        cache = self.new_cache() if use_cache else None
+        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        new, x, pos, mask = [], ids, positions, attention_mask
+        for _ in range(max_new_tokens):
+            h = self.forward_features(x, mask, pos, cache)
+            nxt = sample_next(self.lm_head(h[:, -1]), temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                nxt = nxt.masked_fill(done, eos_id)
+                done = done | (nxt == eos_id)
+            new.append(nxt)
+            if eos_id is not None and bool(done.all()):
+                break
+            step_pos = positions[:, -1:] + len(new)  # (B, 1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            if use_cache:
+                x, pos = nxt[:, None], step_pos
+            else:
+                x = torch.cat([x, nxt[:, None]], dim=1)
+                pos = torch.cat([pos, step_pos], dim=1)
+        out = torch.cat([ids, torch.stack(new, 1)], 1) if new else ids
+        if eos_id is not None and out.shape[1] < ids.shape[1] + max_new_tokens:
+            pad = out.new_full((B, ids.shape[1] + max_new_tokens - out.shape[1]), eos_id)
+            out = torch.cat([out, pad], 1)
+        return out
+
+
+class Seq2Seq(nn.Module):
+    """The original Transformer: an encoder, then a causal decoder with cross-attention.
+
+    src (B, S) [+ src_mask (B, S)], tgt (B, T) (starting with bos) -> logits (B, T, tgt_vocab).
+    `generate(src, max_new_tokens, beam_width=1)` is greedy, wider is beam search.
+    """
+
+    def __init__(self, vocab_size: int = 1000, max_len: int = 256, dim: int = 256,
+                 depth: int = 3, num_heads: int = 4, mlp_ratio: float = 4.0, *,
+                 decoder_depth: int | None = None, tgt_vocab_size: int | None = None,
+                 pos: str = "learned", norm_first: bool = True, norm_eps: float = 1e-5,
+                 act: str = "gelu", dropout: float = 0.1, bos_id: int = 1, eos_id: int = 2,
+                 pad_id: int = 0):
+        super().__init__()
+        tgt_vocab_size = tgt_vocab_size or vocab_size
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        kw = dict(norm_first=norm_first, final_norm=norm_first, norm_eps=norm_eps, act=act,
+                  qkv_bias=True, proj_drop=dropout)
+        self.src_embed = TextEmbedding(vocab_size, dim, max_len, pos=pos, dropout=dropout)
+        self.tgt_embed = TextEmbedding(tgt_vocab_size, dim, max_len, pos=pos, dropout=dropout)
+        self.rope = RotaryEmbedding(dim // num_heads) if pos == "rope" else None
+        self.encoder = Encoder(depth, dim, num_heads, mlp_ratio, **kw)
+        self.decoder = Decoder(decoder_depth or depth, dim, num_heads, mlp_ratio,
+                               cross_attention=True, **kw)
+        self.lm_head = nn.Linear(dim, tgt_vocab_size, bias=False)
+        self.init_weights()
+        self.lm_head.weight = self.tgt_embed.tok.weight
+
+    def init_weights(self):
+        _init_text(self)
+
+    def encode(self, src, src_mask=None):
+        self.src_embed.check(src, src.shape[1])
+        return self.encoder(self.src_embed(src), mask=key_mask(src_mask), rope=self.rope)
+
+    def decode(self, tgt, memory, src_mask=None, cache=None, offset: int = 0):
+        positions = torch.arange(offset, offset + tgt.shape[1], device=tgt.device)
+        x = self.tgt_embed(tgt, positions)
+        x = self.decoder(x, context=memory, context_mask=key_mask(src_mask), rope=self.rope,
+                         cache=cache)
+        return self.lm_head(x)
+
+    def forward(self, src, tgt, src_mask=None):
+        self.tgt_embed.check(tgt)
+        return self.decode(tgt, self.encode(src, src_mask), src_mask)
+
+    @torch.no_grad()
+    def generate(self, src, max_new_tokens: int, beam_width: int = 1, src_mask=None,
+                 length_penalty: float = 1.0):
+        """(B, S) -> (B, 1 + new): bos, then the decoded tokens (eos-filled after eos)."""
+        if beam_width < 1:
+            raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+        if self.tgt_embed.pos_kind != "rope" and max_new_tokens + 1 > self.tgt_embed.max_len:
+            raise ValueError(f"max_new_tokens + 1 = {max_new_tokens + 1} exceeds the position "
+                             f"table (max_len={self.tgt_embed.max_len})")
+        memory = self.encode(src, src_mask)  # (B, S, dim)
+        K = beam_width
+        memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, dim)
+        src_mask = None if src_mask is None else src_mask.repeat_interleave(K, dim=0)
+        cache = self.decoder.new_cache()
+        start = src.new_full((src.shape[0] * K, 1), self.bos_id)
+
+        def step(tokens):
+            logits = self.decode(tokens, memory, src_mask, cache, offset=cache[0].length)
+            return logits[:, -1].float().log_softmax(-1)
+
+        def reorder(index):
+            for c in cache:
+                c.reorder(index)
+
+        return beam_search(step, reorder, start, K, max_new_tokens, self.eos_id, length_penalty)
+
+
+@register_model
+def gpt_tiny(**overrides):
+    """~0.8M params: a character-level GPT for CPU experiments."""
+    return TextDecoder(**{**dict(vocab_size=256, max_len=256, dim=128, depth=4, num_heads=4),
+                          **overrides})
+
+
+@register_model
+def gpt_small(**overrides):
+    """GPT-2 small's shape (124M with the GPT-2 vocabulary)."""
+    return TextDecoder(**{**dict(vocab_size=50257, max_len=1024, dim=768, depth=12,
+                                 num_heads=12, dropout=0.1), **overrides})
+
+
+@register_model
+def bert_tiny(**overrides):
+    """BERT-tiny's shape (2 layers, 128 wide), post-norm, with token types."""
+    return TextEncoder(**{**dict(vocab_size=30522, max_len=512, dim=128, depth=2, num_heads=2,
+                                 norm_first=False, type_vocab_size=2), **overrides})
+
+
+@register_model
+def bert_small(**overrides):
+    """BERT-small's shape (4 layers, 512 wide), post-norm, with token types."""
+    return TextEncoder(**{**dict(vocab_size=30522, max_len=512, dim=512, depth=4, num_heads=8,
+                                 norm_first=False, type_vocab_size=2), **overrides})
+
+
+@register_model
+def seq2seq_tiny(**overrides):
+    """A small encoder-decoder for the synthetic seq2seq tasks."""
+    return Seq2Seq(**{**dict(vocab_size=64, max_len=128, dim=128, depth=2, num_heads=4),
+                      **overrides})
+
+
+from .text_hf import from_hf_bert, from_hf_gpt2  # noqa: E402  (re-exported public names)
+
+__all__ = ["TextEmbedding", "TextEncoder", "TextDecoder", "Seq2Seq", "MLMHead",
+           "from_hf_gpt2", "from_hf_bert"]

@@ -1,0 +1,148 @@
+"""Hugging Face GPT-2 / BERT -> mmtx text models, weights copied (how pretrained checkpoints load).
+
+Only the model object is read: nothing is downloaded here. An option mmtx cannot reproduce
+exactly raises ValueError naming it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+# Hugging Face activation names -> mmtx.layers activation names.
+_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+           "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
+
+
+def _unsupported(model_name: str, options: dict) -> None:
+    bad = {k: v for k, v in options.items() if v}
+    if bad:
+        raise ValueError(f"{model_name} option(s) not supported by mmtx: "
+                         + ", ".join(f"{k}={v!r}" for k, v in bad.items()))
+
+
+def _act(model_name: str, key: str, value) -> str:
+    if not isinstance(value, str) or value not in _HF_ACT:
+        raise ValueError(f"{model_name} option {key}={value!r} is not supported; expected one "
+                         f"of {sorted(_HF_ACT)}")
+    return _HF_ACT[value]
+
+
+def _mlp_ratio(model_name: str, key: str, hidden: int, dim: int) -> float:
+    ratio = hidden / dim
+    if int(dim * ratio) != hidden:  # Block sizes its MLP as int(dim * mlp_ratio)
+        raise ValueError(f"{model_name} option {key}={hidden} cannot be expressed as "
+                         f"int(dim * mlp_ratio) with dim={dim}")
+    return ratio
+
+
+def _copy(dst: nn.Module, src: nn.Module, transpose: bool = False) -> None:
+    """Copy weight (and bias) of `src` into `dst`; GPT-2's Conv1D stores weights (in, out)."""
+    w = src.weight.detach()
+    dst.weight.data.copy_(w.t() if transpose else w)
+    if getattr(src, "bias", None) is not None:
+        dst.bias.data.copy_(src.bias.detach())
+
+
+@torch.no_grad()
+def from_hf_gpt2(hf_model):
+    """A `TextDecoder` with the weights of a `GPT2LMHeadModel` or `GPT2Model`.
+
+    Logits and hidden states agree with the HF model to 1e-4 (fp32). A bare GPT2Model has no
+    separate head, so the converted model ties its output to the token embedding, as GPT-2 does.
+    """
+    from .text import TextDecoder
+
+    core = getattr(hf_model, "transformer", hf_model)
+    cfg = hf_model.config
+    if getattr(cfg, "model_type", None) != "gpt2" or not hasattr(core, "h"):
+        raise ValueError(f"hf_model must be a GPT2LMHeadModel or GPT2Model, got "
+                         f"{type(hf_model).__name__}")
+    _unsupported("GPT-2", {
+        "scale_attn_by_inverse_layer_idx": cfg.scale_attn_by_inverse_layer_idx,
+        "add_cross_attention": cfg.add_cross_attention,
+    })
+    if not cfg.scale_attn_weights:  # mmtx attention always scales by 1/sqrt(head_dim)
+        raise ValueError("GPT-2 option(s) not supported by mmtx: scale_attn_weights=False")
+    dim = cfg.n_embd
+    head = getattr(hf_model, "lm_head", None)
+    tied = head is None or head.weight is core.wte.weight
+    model = TextDecoder(
+        vocab_size=cfg.vocab_size, max_len=cfg.n_positions, dim=dim, depth=cfg.n_layer,
+        num_heads=cfg.n_head,
+        mlp_ratio=_mlp_ratio("GPT-2", "n_inner", cfg.n_inner or 4 * dim, dim),
+        norm_eps=cfg.layer_norm_epsilon, act=_act("GPT-2", "activation_function",
+                                                  cfg.activation_function),
+        dropout=cfg.resid_pdrop, attn_drop=cfg.attn_pdrop, tie_weights=tied)
+    model.embed.drop.p = cfg.embd_pdrop
+    _copy(model.embed.tok, core.wte)
+    _copy(model.embed.pos, core.wpe)
+    for block, h in zip(model.blocks.blocks, core.h):
+        _copy(block.norm1, h.ln_1)
+        _copy(block.attn.qkv, h.attn.c_attn, transpose=True)  # rows q, k, v in both
+        _copy(block.attn.proj, h.attn.c_proj, transpose=True)
+        _copy(block.norm2, h.ln_2)
+        _copy(block.mlp.fc1, h.mlp.c_fc, transpose=True)
+        _copy(block.mlp.fc2, h.mlp.c_proj, transpose=True)
+    _copy(model.blocks.norm, core.ln_f)
+    if not tied:
+        _copy(model.lm_head, head)
+    return model.train(hf_model.training)
+
+
+@torch.no_grad()
+def from_hf_bert(hf_model):
+    """A `TextEncoder` (post-norm) with the weights of a `BertModel` or `BertForMaskedLM`.
+
+    BertModel's pooler becomes the [CLS] pooler; BertForMaskedLM's head becomes the MLM head.
+    """
+    from .text import TextEncoder
+
+    cfg = hf_model.config
+    core = getattr(hf_model, "bert", hf_model)
+    if getattr(cfg, "model_type", None) != "bert" or not hasattr(core, "embeddings"):
+        raise ValueError(f"hf_model must be a BertModel or BertForMaskedLM, got "
+                         f"{type(hf_model).__name__}")
+    pos_type = getattr(cfg, "position_embedding_type", "absolute")
+    _unsupported("BERT", {
+        "position_embedding_type": pos_type if pos_type != "absolute" else None,
+        "is_decoder": cfg.is_decoder, "add_cross_attention": cfg.add_cross_attention,
+    })
+    dim = cfg.hidden_size
+    cls = getattr(hf_model, "cls", None)
+    pooler = getattr(core, "pooler", None)
+    model = TextEncoder(
+        vocab_size=cfg.vocab_size, max_len=cfg.max_position_embeddings, dim=dim,
+        depth=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
+        mlp_ratio=_mlp_ratio("BERT", "intermediate_size", cfg.intermediate_size, dim),
+        type_vocab_size=cfg.type_vocab_size, norm_first=False, norm_eps=cfg.layer_norm_eps,
+        act=_act("BERT", "hidden_act", cfg.hidden_act), dropout=cfg.hidden_dropout_prob,
+        attn_drop=cfg.attention_probs_dropout_prob, mlm_head=cls is not None,
+        pooler=pooler is not None)
+    emb = core.embeddings
+    _copy(model.embed.tok, emb.word_embeddings)
+    _copy(model.embed.pos, emb.position_embeddings)
+    _copy(model.embed.types, emb.token_type_embeddings)
+    _copy(model.embed.norm, emb.LayerNorm)
+    for block, layer in zip(model.encoder.blocks, core.encoder.layer):
+        att = layer.attention
+        block.attn.qkv.weight.copy_(torch.cat([att.self.query.weight, att.self.key.weight,
+                                               att.self.value.weight]))  # (3 * dim, dim)
+        block.attn.qkv.bias.copy_(torch.cat([att.self.query.bias, att.self.key.bias,
+                                             att.self.value.bias]))
+        _copy(block.attn.proj, att.output.dense)
+        _copy(block.norm1, att.output.LayerNorm)
+        _copy(block.mlp.fc1, layer.intermediate.dense)
+        _copy(block.mlp.fc2, layer.output.dense)
+        _copy(block.norm2, layer.output.LayerNorm)
+    if pooler is not None:
+        _copy(model.pooler[0], pooler.dense)
+    if cls is not None:
+        pred = cls.predictions
+        if pred.decoder.weight is not emb.word_embeddings.weight:
+            raise ValueError("BERT option tie_word_embeddings=False is not supported by mmtx "
+                             "(the MLM decoder is tied to the token embedding)")
+        _copy(model.mlm.dense, pred.transform.dense)
+        _copy(model.mlm.norm, pred.transform.LayerNorm)
+        model.mlm.bias.copy_(pred.bias)
+    return model.train(hf_model.training)

@@ -1,0 +1,122 @@
+"""Checkpoints: weights as safetensors, optimizer/scheduler/RNG through Accelerate's save_state,
+our own step, data position and W&B run id as JSON. Each is written into a temporary directory
+that is renamed into place only when complete, so a crash mid-save leaves the previous
+checkpoint intact. Nothing here unpickles: torch.load only ever runs with weights_only=True
+(inside Accelerate's load_state and in `load_weights`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+STATE_FILE = "train_state.json"  # written last: its presence marks a complete checkpoint
+_NAME = re.compile(r"^step_(\d+)$")
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints as (step, path), oldest first. Temporary dirs are never listed."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        m = _NAME.match(path.name)
+        if m and (path / STATE_FILE).is_file():
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, *, ema=None,
+                    keep_last: int = 2) -> Path:
+    """Save on every process (each writes its RNG state), rename on the main process."""
+    root = checkpoints_dir(run_dir)
+    final = root / f"step_{step:08d}"
+    if final.is_dir() and (final / STATE_FILE).is_file():
+        return final  # this step is already saved (e.g. periodic save, then the end of training)
+    tmp = root / f".tmp-step_{step:08d}"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a crash during an earlier save
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every process's RNG file is in tmp before the rename
+    if accelerator.is_main_process:
+        if ema is not None:
+            save_file(_contiguous(ema.module.state_dict()), str(tmp / "ema.safetensors"))
+        with open(tmp / STATE_FILE, "w") as f:
+            json.dump(state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)  # atomic on one filesystem
+        for _, old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: str | Path, *, ema=None) -> dict:
+    """Restore model, optimizer, scheduler, RNG (and EMA) from `path`; return our state dict."""
+    path = Path(path)
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} is incomplete: no {STATE_FILE}")
+    try:
+        accelerator.load_state(str(path))
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"checkpoint {str(path)!r}: refused to load a file that is not plain tensors "
+            f"(torch.load with weights_only=True rejected it; it may be malicious): {e}") from None
+    if ema is not None:
+        ema_file = path / "ema.safetensors"
+        if ema_file.is_file():
+            ema.module.load_state_dict(load_file(str(ema_file), device="cpu"))
+    return json.loads(state_file.read_text())
+
+
+def _contiguous(state_dict: dict) -> dict:
+    # safetensors refuses shared or non-contiguous storage; clone() gives each its own.
+    return {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """Weights only, as safetensors (tied weights are handled by safetensors' save_model)."""
+    save_model(model, str(path))
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load safetensors weights; a .pt/.pth/.bin file only through torch.load(weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        load_model(model, str(path), strict=strict)
+        return model
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"weights file {str(path)!r}: refused to unpickle anything but tensors "
+                         f"(weights_only=True): {e}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {str(path)!r}: expected a state dict, got "
+                         f"{type(state).__name__}")
+    model.load_state_dict(state.get("state_dict", state), strict=strict)
+    return model

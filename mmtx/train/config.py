@@ -1,0 +1,327 @@
+"""Training configs: small typed dataclasses, loaded from YAML, overridden by `--set a.b=c`.
+
+Free-form `args` dicts (model.args, data.args, task.args) go to the model factory, the
+dataset builder and the task as keyword arguments, so their keys are not checked here; every
+other key is, and an unknown one is an error naming the nearest valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union  # Union: matched at runtime in _coerce
+
+import yaml
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "linear", "constant")
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_tiny_patch4_32"
+    args: dict = field(default_factory=dict)  # factory overrides, e.g. {depth: 4}
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"
+    args: dict = field(default_factory=dict)  # extra build_dataset kwargs (num_samples, task...)
+    root: str | None = None
+    download: bool = False  # never by default: no network at run or test time
+    batch_size: int = 64  # per process; global batch = batch_size * processes * grad_accum
+    eval_batch_size: int | None = None  # None: 2 * batch_size (no activations kept for backward)
+    num_workers: int = 0
+    augment: bool | str = "none"  # none | light | strong (train split only); true = light
+    fraction: float = 1.0  # of the training split; val/test always whole
+    seed: int | None = None  # dataset subset/generation seed; None: train.seed
+    val_split: str | None = "val"  # None: no validation
+    test_split: str | None = "test"  # None: no test evaluation at the end
+
+
+@dataclass
+class TaskConfig:
+    name: str = "classification"
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.05  # not applied to norms, biases, embeddings, position tables, tokens
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # of the total steps; used when warmup_steps is 0
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    min_lr: float = 0.0
+    clip_grad: float | None = 1.0  # max global grad norm; None or 0: no clipping
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int | None = None  # optimizer steps; wins over epochs when both are set
+    epochs: float | None = 1.0
+    eval_every: int = 0  # steps; 0: only at the end
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps; 0: only at the end
+    keep_last: int = 2
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GPU; bf16 is used on CPU)
+    seed: int = 0
+    ema: float | None = None  # EMA decay, e.g. 0.999; None: off
+    compile: bool = False
+    resume: bool | str = False  # True | False | "auto" (resume when a checkpoint exists)
+    cpu: bool = False  # force CPU even when a GPU is present
+    threads: int | None = None  # torch CPU threads; None: torch's default (1 helps tiny models
+    #                             on a busy shared machine, where thread sync dominates)
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = False
+    project: str = "mmtx"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    mode: str = "auto"  # auto: $WANDB_MODE, else online with $WANDB_API_KEY, else offline
+    tags: list[str] = field(default_factory=list)
+    log_images: bool = True
+    progress: bool = True  # tqdm bars on the main process
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _valid_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        sub = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(sub):
+            keys += _valid_keys(sub, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _unknown(key: str, cls) -> ValueError:
+    valid = _valid_keys(Config)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    if not close:  # e.g. "optim.learning_rate": compare the last part with each section's keys
+        section = key.split(".")[0]
+        close = difflib.get_close_matches(key.split(".")[-1],
+                                          [k.split(".")[-1] for k in valid], n=3, cutoff=0.4)
+        close = [k for k in valid if k.split(".")[-1] in close and k.startswith(section)] or [
+            k for k in valid if k.split(".")[-1] in close]
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ValueError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert `value` (from YAML or a --set string) to the annotated type, or raise ValueError."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(value, opt, key)
+            except ValueError as e:
+                errors.append(str(e))
+        words = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                 type(None): "null"}
+        names = " or ".join(words.get(o, getattr(o, "__name__", str(o))) for o in options)
+        raise ValueError(f"config key {key!r}: expected {names}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ValueError(f"config key {key!r}: expected a list, got {value!r}")
+        return [v if item is Any else _coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is dict or origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"config key {key!r}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"config key {key!r}: expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value).replace("_", ""))
+        except ValueError:
+            raise ValueError(f"config key {key!r}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"config key {key!r}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key {key!r}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"config key {key!r}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _merge(obj, data: dict, prefix: str = "") -> None:
+    """Set fields of dataclass `obj` from a nested dict, checking keys and coercing types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix.rstrip('.') or '<root>'!r}: expected a mapping, "
+                         f"got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            raise _unknown(key, type(obj))
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ValueError(f"--set expects KEY=VALUE (e.g. optim.lr=3e-4), got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    # YAML parses 3e-4 as a string (YAML 1.1); the type coercion fixes scalars afterwards.
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.split("."), value
+
+
+def apply_overrides(config: Config, overrides: list[str] | None) -> Config:
+    """Apply `a.b=c` strings in order. `model.args.depth=4` sets a key inside a free-form dict."""
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        obj, i = config, 0
+        while i < len(parts) - 1 and dataclasses.is_dataclass(obj):
+            hints = typing.get_type_hints(type(obj))
+            if parts[i] not in hints:
+                raise _unknown(".".join(parts), type(obj))
+            nxt = getattr(obj, parts[i])
+            if not dataclasses.is_dataclass(nxt):
+                break
+            obj, i = nxt, i + 1
+        rest = parts[i:]
+        if dataclasses.is_dataclass(obj) and len(rest) == 1:
+            _merge(obj, {rest[0]: value}, ".".join(parts[:i]) + ("." if i else ""))
+        elif isinstance(getattr(obj, rest[0], None), dict):
+            target = getattr(obj, rest[0])
+            for p in rest[1:-1]:  # nested free-form dicts: model.args.block.depth=2
+                target = target.setdefault(p, {})
+            target[rest[-1]] = value
+        else:
+            raise _unknown(".".join(parts), type(obj))
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Range checks that types alone do not catch."""
+    t, o, d = config.train, config.optim, config.data
+    if t.precision not in PRECISIONS:
+        raise ValueError(f"train.precision: expected one of {PRECISIONS}, got {t.precision!r}")
+    if o.schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule: expected one of {SCHEDULES}, got {o.schedule!r}")
+    if config.logging.mode not in WANDB_MODES:
+        raise ValueError(f"logging.mode: expected one of {WANDB_MODES}, got "
+                         f"{config.logging.mode!r}")
+    if t.max_steps is None and t.epochs is None:
+        raise ValueError("train.max_steps or train.epochs must be set, got neither")
+    if t.max_steps is not None and t.max_steps < 1:
+        raise ValueError(f"train.max_steps: expected >= 1, got {t.max_steps}")
+    if t.epochs is not None and t.epochs <= 0:
+        raise ValueError(f"train.epochs: expected > 0, got {t.epochs}")
+    if isinstance(t.resume, str) and t.resume != "auto":
+        raise ValueError(f"train.resume: expected true, false or 'auto', got {t.resume!r}")
+    if t.ema is not None and not 0.0 < t.ema < 1.0:
+        raise ValueError(f"train.ema: expected a decay in (0, 1) or null, got {t.ema}")
+    if t.keep_last < 1:
+        raise ValueError(f"train.keep_last: expected >= 1, got {t.keep_last}")
+    for name in ("eval_every", "log_every", "checkpoint_every"):
+        if getattr(t, name) < 0:
+            raise ValueError(f"train.{name}: expected >= 0, got {getattr(t, name)}")
+    if o.grad_accum < 1:
+        raise ValueError(f"optim.grad_accum: expected >= 1, got {o.grad_accum}")
+    if o.lr <= 0:
+        raise ValueError(f"optim.lr: expected > 0, got {o.lr}")
+    if len(o.betas) != 2:
+        raise ValueError(f"optim.betas: expected two numbers, got {o.betas}")
+    if not 0.0 <= o.warmup_fraction < 1.0:
+        raise ValueError(f"optim.warmup_fraction: expected in [0, 1), got {o.warmup_fraction}")
+    if d.batch_size < 1:
+        raise ValueError(f"data.batch_size: expected >= 1, got {d.batch_size}")
+    if not 0.0 < d.fraction <= 1.0:
+        raise ValueError(f"data.fraction: expected in (0, 1], got {d.fraction}")
+
+
+def config_from_dict(data: dict | None) -> Config:
+    config = Config()
+    _merge(config, data or {})
+    validate(config)
+    return config
+
+
+def load_config(source: str | Path | dict | Config | None = None,
+                overrides: list[str] | None = None) -> Config:
+    """A Config from a YAML path, a dict or a Config (copied), then `overrides` applied."""
+    if isinstance(source, Config):
+        config = config_from_dict(source.to_dict())
+    elif isinstance(source, dict) or source is None:
+        config = config_from_dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"config: no such YAML file {str(path)!r}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config {str(path)!r}: expected a mapping at the top, got "
+                             f"{type(data).__name__}")
+        config = config_from_dict(data)
+    return apply_overrides(config, overrides)

@@ -1,0 +1,399 @@
+"""The training loop, on Hugging Face Accelerate: one CPU, one GPU, or many (DDP) unchanged.
+
+Determinism: model init is seeded; the data order and each item's augmentation are functions of
+(seed, epoch, index) (see data.py); and every optimizer step reseeds the global RNGs from
+(seed, step, process), so dropout and the like do not depend on how the run got to that step.
+A run resumed from a checkpoint therefore reproduces an uninterrupted run on CPU exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+import warnings
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from ..models.registry import create_model
+from . import checkpoint as ckpt
+from .config import Config, load_config
+from .data import build_datasets, make_loader
+from .loggers import RunLogger, new_run_id, wandb_available, wandb_mode
+from .optim import build_optimizer, build_scheduler
+from .tasks import create_task
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stopped and its last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run after saving a checkpoint."""
+
+
+def _seed_step(seed: int, step: int, rank: int) -> None:
+    s = (seed * 1_000_003 + step) * 101 + rank
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+def _precision(requested: str, on_cpu: bool) -> str:
+    if requested == "fp16" and on_cpu:
+        warnings.warn("train.precision fp16 needs a GPU; using bf16 autocast on CPU", stacklevel=3)
+        return "bf16"
+    return requested
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, *, data=None, model=None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        t = cfg.train
+        on_cpu = t.cpu or not torch.cuda.is_available()
+        self.precision = _precision(t.precision, on_cpu)
+        use_wandb = (cfg.logging.wandb and wandb_mode(cfg.logging.mode) != "disabled"
+                     and wandb_available())
+        # Accelerate keeps one global state per process; a second training in the same process
+        # (tests, the experiment runner) may differ in precision, so start it afresh.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        self.acc = Accelerator(
+            mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.precision],
+            cpu=on_cpu, log_with=["wandb"] if use_wandb else None, project_dir=str(self.run_dir),
+            step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves
+            dynamo_backend="inductor" if t.compile else "no",
+        )
+        self.main = self.acc.is_main_process
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        set_seed(t.seed)  # same initial weights on every process
+
+        self.datasets = build_datasets(cfg.data, t.seed, data)
+        self.task = create_task(cfg.task.name, **cfg.task.args)
+        if model is None:
+            kwargs = {**self.task.model_kwargs(self.datasets["train"]), **cfg.model.args}
+            model = create_model(cfg.model.name, **kwargs)
+        else:
+            self.task.model_kwargs(self.datasets["train"])  # lets the task read class names
+        self.params = sum(p.numel() for p in model.parameters())
+
+        d = cfg.data
+        eval_bs = d.eval_batch_size or 2 * d.batch_size
+        train_loader, self.sampler = make_loader(self.datasets["train"], d.batch_size, seed=t.seed,
+                                                 train=True, num_workers=d.num_workers)
+        loaders = {s: make_loader(self.datasets[s], eval_bs, seed=t.seed, train=False,
+                                  num_workers=d.num_workers)[0]
+                   for s in ("val", "test") if self.datasets[s] is not None}
+        optimizer = build_optimizer(model, cfg.optim)
+
+        self.model, self.optimizer, self.train_loader = self.acc.prepare(
+            model, optimizer, train_loader)
+        self.eval_loaders = {s: self.acc.prepare(dl) for s, dl in loaders.items()}
+        if len(self.train_loader) == 0:
+            raise ValueError(f"data.batch_size {d.batch_size} x {self.acc.num_processes} "
+                             f"processes is larger than the training set "
+                             f"({len(self.datasets['train'])} items)")
+        accum = cfg.optim.grad_accum
+        if t.max_steps is not None:
+            self.total_steps = t.max_steps
+        else:
+            self.total_steps = max(1, math.ceil(t.epochs * len(self.train_loader) / accum))
+        self.scheduler = self.acc.prepare(build_scheduler(self.optimizer.optimizer, cfg.optim,
+                                                          self.total_steps))
+        self.ema = None
+        if t.ema is not None:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(self.acc.unwrap_model(self.model), decay=t.ema)
+        self.global_batch = d.batch_size * self.acc.num_processes * accum
+        self._interrupted = False
+
+    # ---------------------------------------------------------------- state and resume
+    def _resume(self) -> dict:
+        mode = self.cfg.train.resume
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if mode is False and latest is not None:
+            raise ValueError(f"run_dir {str(self.run_dir)!r} already holds checkpoints; pass "
+                             f"resume=True (--resume) to continue it, or choose another run_dir")
+        if mode is True and latest is None:
+            raise FileNotFoundError(f"resume: no complete checkpoint under "
+                                    f"{str(ckpt.checkpoints_dir(self.run_dir))!r}")
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_s": 0.0, "items": 0,
+                 "wandb_run_id": None, "resumed_from": None}
+        if self.main:  # a temporary dir left by a crash during a save is never resumed from
+            for stale in ckpt.checkpoints_dir(self.run_dir).glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        if latest is not None and mode in (True, "auto"):
+            state.update(ckpt.load_checkpoint(self.acc, latest, ema=self.ema))
+            state["resumed_from"] = state["step"]
+            if self.main:
+                print(f"resuming from {latest} (step {state['step']})")
+        if self.cfg.logging.wandb and not state["wandb_run_id"]:
+            state["wandb_run_id"] = new_run_id()
+        return state
+
+    def _save(self, state: dict) -> Path:
+        return ckpt.save_checkpoint(self.acc, self.run_dir, state["step"], state, ema=self.ema,
+                                    keep_last=self.cfg.train.keep_last)
+
+    # ---------------------------------------------------------------- data
+    def _micro_batches(self, epoch: int, pos: int):
+        """Yields (epoch, batches consumed in that epoch, batch), forever, from a position."""
+        n = len(self.train_loader)
+        while True:
+            if pos >= n:
+                epoch, pos = epoch + 1, 0
+            # Accelerate's loader re-sets the sampler's epoch from its own pass counter on every
+            # pass; setting it here keeps both equal to our epoch, also after a resume.
+            self.train_loader.set_epoch(epoch)
+            self.sampler.set_epoch(epoch)
+            loader = (self.acc.skip_first_batches(self.train_loader, pos) if pos
+                      else self.train_loader)
+            for batch in loader:
+                pos += 1
+                yield epoch, pos, batch
+            epoch, pos = epoch + 1, 0
+
+    # ---------------------------------------------------------------- evaluation
+    def eval_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def evaluate(self, split: str, step: int) -> dict:
+        loader = self.eval_loaders[split]
+        model = self.eval_model()
+        model.eval()
+        chunks, first = defaultdict(list), None
+        bar = tqdm(loader, desc=f"eval {split}", leave=False,
+                   disable=not (self.main and self.cfg.logging.progress))
+        for batch in bar:
+            with self.acc.autocast():
+                out = self.task.eval_step(model, batch)
+            if first is None:
+                first = (batch, out)
+            out = self.acc.gather_for_metrics(out)  # drops the padding of the last batch
+            for k, v in out.items():
+                chunks[k].append(v.detach().cpu())
+        self.model.train()
+        result = self.task.eval_finalize({k: torch.cat(v) for k, v in chunks.items()})
+        if first is not None and self.main:
+            self._examples = (split, self.task.examples(*first))
+        return result
+
+    # ---------------------------------------------------------------- the loop
+    def _on_sigint(self, signum, frame):
+        if self._interrupted:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self._interrupted = True
+        if self.main:
+            print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to stop now)",
+                  flush=True)
+
+    def fit(self) -> dict:
+        t0 = time.perf_counter()
+        cfg, acc = self.cfg, self.acc
+        state = self._resume()
+        self.state = state  # the loop's progress, read by evaluation logs (training time)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            cfg.save(self.run_dir / "config.yaml")
+        acc.wait_for_everyone()
+        log = RunLogger(acc, self.run_dir, cfg, run_id=state["wandb_run_id"],
+                        resume_step=state["step"])
+        self.log = log
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            result = self._fit(state, log, t0)
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            log.finish()
+        return result
+
+    def _fit(self, state: dict, log: RunLogger, t0: float) -> dict:
+        cfg, acc, t = self.cfg, self.acc, self.cfg.train
+        accum, rank = cfg.optim.grad_accum, acc.process_index
+        batches = self._micro_batches(state["epoch"], state["batch_in_epoch"])
+        unit = self.task.unit
+        bar = tqdm(total=self.total_steps, initial=state["step"], desc="train", dynamic_ncols=True,
+                   disable=not (self.main and cfg.logging.progress))
+        window = defaultdict(float)  # sums of train metrics since the last log line
+        window_n, window_items, window_time = 0, 0, 0.0
+        session_items, session_time = 0, 0.0
+        last_eval, last_metrics = {}, {}
+        self.model.train()
+        while state["step"] < self.total_steps:
+            step = state["step"]  # steps done so far; this one is number step + 1
+            _seed_step(t.seed, step, rank)
+            tic = time.perf_counter()
+            loss_sum = torch.zeros((), device=acc.device)
+            metric_sums: dict[str, torch.Tensor] = {}
+            items = 0
+            for k in range(accum):
+                epoch, pos, batch = next(batches)
+                sync = acc.no_sync(self.model) if k < accum - 1 else nullcontext()
+                with sync:
+                    loss, metrics = self.task.step(self.model, batch)
+                    acc.backward(loss / accum)
+                loss_sum += loss.detach().float()
+                for name, v in metrics.items():
+                    metric_sums[name] = metric_sums.get(name, 0) + v.detach().float() / accum
+                items += self.task.count(batch)
+            # One small all-reduce tells every process about a NaN or a Ctrl-C on any of them.
+            flags = acc.reduce(torch.tensor([0.0 if torch.isfinite(loss_sum) else 1.0,
+                                             float(self._interrupted)], device=acc.device), "sum")
+            if flags[0] > 0:
+                last = ckpt.latest_checkpoint(self.run_dir)
+                msg = (f"loss is {loss_sum.item() / accum} (not finite) at step {step + 1}; "
+                       f"stopping. The last good checkpoint is "
+                       f"{str(last) if last else 'none (no checkpoint was saved yet)'}")
+                log.log({"event/nonfinite_loss": 1.0}, step=step + 1)
+                bar.close()
+                raise NonFiniteLossError(msg)
+            grad_norm = None
+            if cfg.optim.clip_grad:
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(acc.unwrap_model(self.model), step=step)
+            state.update(step=step + 1, epoch=epoch, batch_in_epoch=pos)
+            step += 1
+            dt = time.perf_counter() - tic
+            global_items = items * acc.num_processes
+            window_items += global_items
+            session_items += global_items
+            window_time += dt
+            session_time += dt
+            state["train_s"] += dt
+            state["items"] += global_items
+            for name, v in metric_sums.items():
+                window[name] += v
+            if grad_norm is not None:
+                window["grad_norm"] += grad_norm.detach().float()
+            window_n += 1
+            bar.update(1)
+
+            if step % max(1, t.log_every) == 0 or step == self.total_steps:
+                names = sorted(window)
+                vals = acc.reduce(torch.stack([torch.as_tensor(window[n], device=acc.device)
+                                               for n in names]) / window_n, "mean")
+                last_metrics = {f"train/{n}": float(v) for n, v in zip(names, vals)}
+                last_metrics.update({"lr": lr, f"train/{unit}_per_s": window_items / window_time,
+                                     "epoch": epoch + pos / len(self.train_loader)})
+                log.log(last_metrics, step)
+                bar.set_postfix(loss=f"{last_metrics.get('train/loss', float('nan')):.4f}",
+                                **{f"{unit}/s": f"{window_items / window_time:.0f}"})
+                window.clear()
+                window_n, window_items, window_time = 0, 0, 0.0
+            if t.eval_every and step % t.eval_every == 0 and step < self.total_steps:
+                last_eval = self._eval_and_log("val", step, log)
+            if t.checkpoint_every and step % t.checkpoint_every == 0:
+                self._save(state)
+            if flags[1] > 0:
+                path = self._save(state)
+                bar.close()
+                if self.main:
+                    print(f"saved {path}; resume with --resume", flush=True)
+                raise TrainingInterrupted(f"interrupted at step {step}; checkpoint {path}")
+        bar.close()
+        self._save(state)
+        return self._finish(state, log, last_metrics, last_eval, session_items, session_time, t0)
+
+    def _eval_and_log(self, split: str, step: int, log: RunLogger) -> dict:
+        if split not in self.eval_loaders:
+            return {}
+        result = self.evaluate(split, step)
+        scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+        # Training seconds so far (no evaluation, resumes included): x of wall-time curves
+        log.log({**scalars, "time/train_s": self.state["train_s"]}, step)
+        if self.main:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()
+                              if isinstance(v, float))
+            tqdm.write(f"step {step}: {shown}")
+            if getattr(self, "_examples", None):
+                log.log_examples(f"{split}/examples", self._examples[1], step)
+        return result
+
+    def _finish(self, state, log, last_metrics, last_eval, session_items, session_time, t0):
+        step, unit = state["step"], self.task.unit
+        val = self._eval_and_log("val", step, log)
+        test = self._eval_and_log("test", step, log)
+        final_model = self.acc.unwrap_model(self.eval_model())
+        summary = {
+            "model": self.cfg.model.name, "dataset": self.cfg.data.name, "task": self.task.name,
+            "seed": self.cfg.train.seed, "fraction": self.cfg.data.fraction,
+            "steps": step, "epochs": state["epoch"] + state["batch_in_epoch"] / len(
+                self.train_loader),
+            "precision": self.precision, "num_processes": self.acc.num_processes,
+            "global_batch_size": self.global_batch, "params": self.params,
+            f"train_{unit}_per_s": session_items / session_time if session_time else None,
+            "train_s": state["train_s"], "wall_s": time.perf_counter() - t0,
+            "resumed_from": state["resumed_from"], "ema": self.ema is not None,
+            "run_dir": str(self.run_dir), "wandb_run_id": state["wandb_run_id"],
+        }
+        summary.update({k: v for k, v in last_metrics.items() if k.startswith("train/")})
+        for split, res in (("val", val), ("test", test)):
+            for k, v in res.items():
+                if isinstance(v, (int, float)):
+                    summary[f"{split}/{k}"] = v
+            if "acc" in res:
+                summary[f"{split}_accuracy"] = res["acc"]
+        predictions = []
+        if "predictions" in test:
+            predictions = [{"index": i, "label": y, "pred": p} for i, (y, p) in
+                           enumerate(zip(test["labels"], test["predictions"]))]
+        if self.main:
+            ckpt.save_weights(final_model, self.run_dir / "model.safetensors")
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            if test:
+                extra = {k: v for k, v in test.items() if not isinstance(v, (int, float))}
+                (self.run_dir / "test_predictions.json").write_text(json.dumps(
+                    {"predictions": predictions, **{k: v for k, v in extra.items()
+                                                    if k not in ("predictions", "labels")}}))
+                if predictions:
+                    log.log_table("test/predictions", ["index", "label", "pred"],
+                                  [[r["index"], r["label"], r["pred"]] for r in predictions],
+                                  step)
+                    log.log_confusion("test/confusion", test["labels"], test["predictions"],
+                                      self.task.__dict__.get("class_names"), step)
+            log.summary(summary)
+        self.acc.wait_for_everyone()
+        return {**summary, "model_module": final_model, "test_predictions": predictions,
+                "val_result": val, "test_result": test}
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.model.name}-{cfg.data.name}-seed{cfg.train.seed}"
+
+
+def train(config, run_dir=None, resume=None, *, overrides=None, data=None, model=None) -> dict:
+    """Train one model; returns the final metrics (also written to run_dir/summary.json).
+
+    config: a YAML path, a dict or a Config; overrides: ["optim.lr=3e-4", ...].
+    resume: None (use config.train.resume), True, False or "auto".
+    data: optional dataset object (training split) or {"train", "val", "test"} mapping used
+    instead of building data.name; model: optional nn.Module used instead of model.name.
+    The returned dict also holds "model_module" (the trained model, EMA weights when EMA is on)
+    and "test_predictions" (a list of {index, label, pred}).
+    """
+    cfg = load_config(config, overrides)
+    if resume is not None:
+        cfg.train.resume = resume
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    return Trainer(cfg, run_dir, data=data, model=model).fit()

@@ -1,0 +1,82 @@
+"""Report figures (matplotlib, PNG): learning curves, data efficiency, confusion matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curves(curves: dict, path, metric: str = "validation accuracy") -> Path:
+    """curves: {label: [{"step", "wall_s", "value"}, ...]} -> two panels: vs step, vs wall time."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for i, (label, points) in enumerate(curves.items()):
+        color = f"C{i}"
+        steps = [p["step"] for p in points]
+        walls = [p["wall_s"] for p in points]
+        values = [p["value"] for p in points]
+        axes[0].plot(steps, values, marker="o", ms=3, color=color, label=label)
+        axes[1].plot(walls, values, marker="o", ms=3, color=color, label=label)
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel("wall time (s)")
+    axes[0].set_ylabel(metric)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Learning curves: {metric}")
+    return _save(fig, path)
+
+
+def plot_data_efficiency(points: dict, path) -> Path:
+    """points: {model: [(fraction, mean, std), ...]} -> accuracy vs fraction of training data."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (model, rows) in enumerate(points.items()):
+        rows = sorted(rows)
+        frac = np.array([r[0] for r in rows])
+        mean = np.array([r[1] for r in rows])
+        std = np.array([r[2] for r in rows])
+        ax.errorbar(frac * 100, mean * 100, yerr=std * 100, marker="o", capsize=3,
+                    color=f"C{i}", label=model)
+    ax.set_xscale("log")
+    ax.set_xticks([f * 100 for f in sorted({r[0] for rs in points.values() for r in rs})])
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g%%"))
+    ax.set_xlabel("fraction of the training set")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Data efficiency")
+    return _save(fig, path)
+
+
+def plot_confusion_matrices(matrices: dict, class_names: list[str], path) -> Path:
+    """matrices: {label: (K, K) counts, rows = true class, columns = predicted}."""
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 0.6, 3.8), squeeze=False)
+    k = len(class_names)
+    for ax, (label, cm) in zip(axes[0], matrices.items()):
+        cm = np.asarray(cm, dtype=float)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)  # row-normalised: recall per class
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        if k <= 12:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_title(label, fontsize=9)
+    axes[0][0].set_ylabel("true")
+    return _save(fig, path)

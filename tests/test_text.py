@@ -1,0 +1,182 @@
+"""Text models: decoding (cache, top-k/top-p, eos, left padding, beam search), heads, errors."""
+
+import pytest
+import torch
+
+from mmtx.models import create_model
+from mmtx.models.generation import filter_logits
+from mmtx.models.text import Seq2Seq, TextDecoder, TextEncoder
+
+V = 50
+
+
+def tiny_gpt(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=V, max_len=64, dim=32, depth=2, num_heads=4)
+    return TextDecoder(**{**cfg, **kw}).eval()
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
+def test_cached_equals_uncached_greedy(pos):
+    model = tiny_gpt(pos=pos)
+    ids = torch.randint(0, V, (3, 5), generator=torch.Generator().manual_seed(1))
+    a = model.generate(ids, 20, temperature=0, use_cache=True)
+    b = model.generate(ids, 20, temperature=0, use_cache=False)
+    assert a.shape == (3, 25)
+    assert torch.equal(a, b)
+    assert torch.equal(a[:, :5], ids)
+
+
+def test_cached_step_logits_match_full_forward():
+    model = tiny_gpt()
+    ids = torch.randint(0, V, (2, 12))
+    full = model(ids)
+    cache = model.new_cache()
+    parts = [model(ids[:, :7], cache=cache)]
+    parts += [model(ids[:, t:t + 1], positions=torch.tensor([[t], [t]]), cache=cache)
+              for t in range(7, 12)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_top_k_never_samples_outside_the_top_k():
+    torch.manual_seed(0)
+    logits = torch.randn(4, V)
+    allowed = logits.topk(5, dim=-1).indices
+    model = tiny_gpt()
+    filtered = filter_logits(logits, top_k=5)
+    assert (torch.isfinite(filtered).sum(-1) == 5).all()
+    g = torch.Generator().manual_seed(0)
+    from mmtx.models.generation import sample_next
+    for _ in range(200):
+        tok = sample_next(logits, temperature=2.0, top_k=5, generator=g)
+        assert (allowed == tok[:, None]).any(-1).all()
+    # Through the model too: every generated token is among the top-k of its step's logits.
+    ids = torch.randint(0, V, (2, 3))
+    out = model.generate(ids, 10, temperature=3.0, top_k=3, generator=g)
+    for t in range(3, 13):
+        step_logits = model(out[:, :t])[:, -1]
+        assert (step_logits.topk(3, -1).indices == out[:, t, None]).any(-1).all()
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.9, 0.03, 0.02]])
+    kept = torch.isfinite(filter_logits(probs.log(), top_p=0.75))
+    assert kept.tolist() == [[True, True, False, False], [False, True, False, False]]
+    g = torch.Generator().manual_seed(0)
+    from mmtx.models.generation import sample_next
+    for _ in range(200):
+        tok = sample_next(probs.log(), top_p=0.75, generator=g)
+        assert kept[torch.arange(2), tok].all()
+
+
+def test_eos_stops_each_sequence():
+    model = tiny_gpt()
+    ids = torch.randint(0, V, (4, 4), generator=torch.Generator().manual_seed(3))
+    greedy = model.generate(ids, 12, temperature=0)
+    eos = int(greedy[0, 6])  # a token row 0 certainly produces
+    out = model.generate(ids, 12, temperature=0, eos_id=eos)
+    assert out.shape == greedy.shape
+    for row, ref in zip(out, greedy):
+        new, ref_new = row[4:], ref[4:]
+        hits = (ref_new == eos).nonzero()
+        stop = int(hits[0]) if len(hits) else len(ref_new) - 1
+        assert torch.equal(new[:stop + 1], ref_new[:stop + 1])  # same until eos
+        assert (new[stop + 1:] == eos).all() if len(hits) else torch.equal(new, ref_new)
+
+
+def test_left_padded_batch_equals_one_by_one():
+    model = tiny_gpt()
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(1, V, (n,), generator=g) for n in (3, 7, 5)]
+    L = 7
+    ids = torch.zeros(3, L, dtype=torch.long)
+    mask = torch.zeros(3, L, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):], mask[i, L - len(p):] = p, 1
+    for use_cache in (True, False):
+        batch = model.generate(ids, 10, temperature=0, attention_mask=mask, use_cache=use_cache)
+        for i, p in enumerate(prompts):
+            single = model.generate(p[None], 10, temperature=0)
+            assert torch.equal(batch[i, L:], single[0, len(p):])
+
+
+def test_seq2seq_beam_width_one_is_greedy_and_beams_score_higher():
+    torch.manual_seed(0)
+    model = Seq2Seq(vocab_size=30, max_len=32, dim=32, depth=2, num_heads=4, dropout=0.0).eval()
+    src = torch.randint(3, 30, (3, 6))
+    beam1 = model.generate(src, 10, beam_width=1)
+    # Greedy by hand: full recompute, argmax, eos-filled after eos.
+    memory = model.encode(src)
+    tgt = torch.full((3, 1), model.bos_id)
+    done = torch.zeros(3, dtype=torch.bool)
+    for _ in range(10):
+        nxt = model.decode(tgt, memory)[:, -1].argmax(-1).masked_fill(done, model.eos_id)
+        done |= nxt == model.eos_id
+        tgt = torch.cat([tgt, nxt[:, None]], 1)
+        if done.all():
+            break
+    assert torch.equal(beam1, tgt)
+
+    def logprob(seq):
+        lp = model(src, seq[:, :-1]).log_softmax(-1).gather(-1, seq[:, 1:, None])[..., 0]
+        return lp.sum(-1)
+
+    beam4 = model.generate(src, 10, beam_width=4, length_penalty=0.0)
+    if beam4.shape[1] == beam1.shape[1] and not (beam1 == model.eos_id).any():
+        assert (logprob(beam4) >= logprob(beam1) - 1e-5).all()
+
+
+def test_encoder_heads_and_padding():
+    torch.manual_seed(0)
+    enc = TextEncoder(vocab_size=V, max_len=16, dim=32, depth=2, num_heads=4, num_classes=3,
+                      pool="mean", type_vocab_size=2, dropout=0.0, attn_drop=0.0).eval()
+    ids = torch.randint(0, V, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 5:] = 0
+    assert enc(ids, mask).shape == (2, 3)
+    assert enc.forward_mlm(ids, mask).shape == (2, 8, V)
+    # Padding is invisible: changing padded tokens changes nothing for the real ones.
+    ids2 = ids.clone()
+    ids2[1, 5:] = (ids2[1, 5:] + 1) % V
+    torch.testing.assert_close(enc(ids, mask), enc(ids2, mask))
+    cls = TextEncoder(vocab_size=V, max_len=16, dim=32, depth=1, num_heads=4, num_classes=2)
+    assert cls(ids).shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", ["gpt_tiny", "bert_tiny", "seq2seq_tiny"])
+def test_registered_factories_take_overrides(name):
+    model = create_model(name, vocab_size=40, max_len=20).eval()
+    ids = torch.randint(0, 40, (2, 10))
+    out = model(ids, ids) if name.startswith("seq2seq") else model(ids)
+    assert out.shape == (2, 10, 40)
+    loss = out.logsumexp(-1).mean()
+    loss.backward()  # every parameter that should learn gets a gradient (the pooler is unused
+    assert all(p.grad is not None  # by the MLM output)
+               for n, p in model.named_parameters() if not n.startswith("pooler"))
+
+
+def test_bad_input_is_a_clear_error():
+    model = tiny_gpt()
+    with pytest.raises(ValueError, match="vocab_size=50"):
+        model(torch.tensor([[1, 2, V]]))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(torch.tensor([[-1, 2]]))
+    with pytest.raises(ValueError, match="max_len=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_len=64"):
+        model.generate(torch.zeros(1, 60, dtype=torch.long), 10)
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), 2, top_p=1.5)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), 2, top_k=0)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.generate(torch.zeros(2, 3, dtype=torch.long), 2, attention_mask=torch.ones(2, 4))
+    enc = create_model("bert_tiny", vocab_size=20, max_len=8)
+    with pytest.raises(ValueError, match="max_len=8"):
+        enc(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="vocab_size=20"):
+        enc(torch.full((1, 4), 20))
+    with pytest.raises(ValueError, match="pos must be one of"):
+        TextDecoder(pos="alibi")

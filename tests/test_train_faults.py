@@ -1,0 +1,146 @@
+"""Faults: SIGKILL + resume reproduces the uninterrupted run, malicious pickles are refused,
+NaN losses stop the run naming the step, SIGINT saves a checkpoint."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_support import (  # noqa: F401
+    TinyMLP,
+    run_in_subprocess_env,
+    single_thread,
+    splits,
+    tiny_config,
+)
+
+from mmtx.train import (
+    NonFiniteLossError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_weights,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "test_train_support.py"
+LOSS_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")
+
+
+def _start(run_dir, cfg, **data_kw):
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(run_dir), json.dumps(cfg), json.dumps(data_kw)],
+        env=run_in_subprocess_env(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def _wait_for(predicate, proc, timeout=90.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def _rows(run_dir):
+    rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], {k: r[k] for k in LOSS_KEYS if k in r}) for r in rows]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    # grad accumulation (2 micro-batches a step), dropout and random augmentation all on:
+    # the resumed run must still land on exactly the same numbers. An epoch is 6 steps, so the
+    # checkpoints (every 4) resume mid-epoch.
+    cfg = tiny_config(max_steps=16, checkpoint_every=4, log_every=1, eval_every=8, keep_last=3)
+    cfg["optim"]["grad_accum"] = 2
+    cfg["data"]["batch_size"] = 8
+    reference = train(cfg, run_dir=tmp_path / "reference", data=splits(augment=True))
+
+    run = tmp_path / "killed"
+    proc = _start(run, cfg, augment=True, delay=0.01)  # ~0.16 s a step
+    try:
+        saved = _wait_for(lambda: any(s >= 4 for s, _ in list_checkpoints(run)), proc)
+        proc.kill()  # SIGKILL: no handler, no cleanup
+    finally:
+        proc.wait(timeout=30)
+    assert saved, f"no checkpoint before the run ended: {proc.stderr.read()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "summary.json").exists()  # it really was killed mid-run
+    killed_at = list_checkpoints(run)[-1][0]
+    assert killed_at < 16
+
+    resumed = train(cfg, run_dir=run, data=splits(augment=True), resume=True)
+    assert resumed["resumed_from"] == killed_at and resumed["steps"] == 16
+    for key in LOSS_KEYS:
+        assert resumed[key] == reference[key], key  # exact on CPU, same seed
+    # the step count stayed right: one train row per step, identical to the reference's
+    assert _rows(run) == _rows(tmp_path / "reference")
+
+
+class Payload:
+    """Unpickling this runs code (writes a marker file): what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    control = tmp_path / "control_marker"
+    torch.save(Payload(control), tmp_path / "control.pt")
+    torch.load(tmp_path / "control.pt", weights_only=False)  # unsafe load: the payload is real
+    assert control.exists()
+
+    run = tmp_path / "run"
+    train(tiny_config(max_steps=4, checkpoint_every=2, eval_every=0), run_dir=run,
+          data=splits())
+    marker = tmp_path / "marker"
+    newest = latest_checkpoint(run)
+    torch.save(Payload(marker), newest / "optimizer.bin")
+    with pytest.raises(ValueError, match="refused"):
+        train(tiny_config(max_steps=6, checkpoint_every=2, eval_every=0), run_dir=run,
+              data=splits(), resume=True)
+    torch.save(Payload(marker), tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="refused"):
+        load_weights(TinyMLP(), tmp_path / "weights.pt")
+    assert not marker.exists()
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
+    cfg = tiny_config(max_steps=12, checkpoint_every=2, eval_every=0)
+    cfg["model"]["args"] = {"nan_at_call": 5}  # the 5th training forward = step 5
+    with pytest.raises(NonFiniteLossError, match="at step 5") as e:
+        train(cfg, run_dir=tmp_path, data=splits())
+    assert "step_00000004" in str(e.value)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 4]
+    assert not (tmp_path / "summary.json").exists()
+    weights = load_weights(TinyMLP(), latest_checkpoint(tmp_path) / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in weights.parameters())
+
+
+def test_sigint_saves_a_checkpoint_then_exits(tmp_path):
+    cfg = tiny_config(max_steps=500, checkpoint_every=0, eval_every=0, log_every=1)
+    proc = _start(tmp_path, cfg, delay=0.005)
+    metrics = tmp_path / "metrics.jsonl"
+    try:
+        started = _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3,
+                            proc)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert started, proc.stderr.read()[-2000:]
+    assert proc.returncode == 130, proc.stderr.read()[-2000:]
+    steps = [s for s, _ in list_checkpoints(tmp_path)]
+    assert len(steps) == 1 and 3 <= steps[0] < 500  # checkpoint_every 0: only the SIGINT one
+    assert not (tmp_path / "summary.json").exists()

@@ -1,0 +1,60 @@
+"""W&B through Accelerate's tracker: offline run files appear without network, a resumed
+training continues the same run id, and a missing or failing wandb costs one warning."""
+
+import json
+import sys
+import warnings
+
+import pytest
+from test_train_support import single_thread, splits, tiny_config  # noqa: F401
+
+from mmtx.train import latest_checkpoint, train
+
+wandb = pytest.importorskip("wandb")
+
+
+def _wandb_config(max_steps):
+    cfg = tiny_config(max_steps=max_steps, checkpoint_every=2, eval_every=2)
+    cfg["logging"].update(wandb=True, project="mmtx-test", group="tests", tags=["ci"])
+    return cfg
+
+
+def test_offline_run_files_and_resume_reuses_run_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    first = train(_wandb_config(4), run_dir=tmp_path, data=splits())
+    run_id = first["wandb_run_id"]
+    assert run_id
+    state = json.loads((latest_checkpoint(tmp_path) / "train_state.json").read_text())
+    assert state["wandb_run_id"] == run_id  # stored in the checkpoint
+
+    second = train(_wandb_config(6), run_dir=tmp_path, data=splits(), resume=True)
+    assert second["wandb_run_id"] == run_id and second["steps"] == 6
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2  # one per session, both the same W&B run
+    assert all(r.name.endswith(f"-{run_id}") for r in runs)
+    assert all((r / f"run-{run_id}.wandb").is_file() for r in runs)
+
+
+def test_failing_wandb_warns_once_and_training_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("wandb backend unreachable")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(_wandb_config(2), run_dir=tmp_path / "broken", data=splits())
+    msgs = [str(w.message) for w in caught if "W&B" in str(w.message)]
+    assert len(msgs) == 1 and "wandb backend unreachable" in msgs[0]
+    assert result["steps"] == 2 and (tmp_path / "broken" / "metrics.jsonl").is_file()
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # wandb not installed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(_wandb_config(2), run_dir=tmp_path / "missing", data=splits())
+    msgs = [str(w.message) for w in caught if "wandb" in str(w.message)]
+    assert len(msgs) == 1 and "without W&B" in msgs[0]
+    assert result["steps"] == 2
