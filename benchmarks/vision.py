@@ -157,6 +157,9 @@ def main(argv=None) -> dict:
     p.add_argument("--dim", type=int, default=192)
     p.add_argument("--depth", type=int, default=12)
     p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (1 avoids OpenMP spin-wait stalls on an oversubscribed "
+                        "machine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "vision.json"))
     args = p.parse_args(argv)
@@ -166,6 +169,8 @@ def main(argv=None) -> dict:
         args.depth = min(args.depth, 4)
     warmup = 1 if args.quick else 2
     dev = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     peak = {name: matmul_peak(dt, 1024 if args.quick else 2048, reps, dev)
