@@ -8,7 +8,13 @@ shared machine hits all alike, and each step's process CPU time is recorded next
 (on an oversubscribed machine the CPU-time ratio is the steadier comparison).
 
     python benchmarks/vision.py            # full
-    python benchmarks/vision.py --quick    # a smoke run (~1 min on 2 cores)
+    python benchmarks/vision.py --quick    # a smoke run (a few minutes on 2 cores)
+    python benchmarks/vision.py --reps 3 --batch 16 --threads 1   # what the report quotes
+
+On a 2-core machine shared with other jobs, 2 torch threads stall in OpenMP barriers whenever one
+core is taken (steps ran up to 9x slower, with spin-wait counted as CPU time); --threads 1 gave
+8x the throughput there and stable ratios. MFU is against a single 2048^2 torch.mm, so oneDNN
+convolutions can read above 100%.
 """
 
 from __future__ import annotations
