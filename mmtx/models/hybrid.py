@@ -57,7 +57,7 @@ class CCT(nn.Module):
     """Conv tokenizer + Encoder + sequence pooling. Any image size: learned positions are
     resized over the token grid, sin-cos ones recomputed."""
 
-    def __init__(self, img_size: int = 32, in_chans: int = 3, num_classes: int = 10,
+    def __init__(self, img_size=32, in_chans: int = 3, num_classes: int = 10,
                  dim: int = 256, depth: int = 7, num_heads: int = 4, mlp_ratio: float = 2.0, *,
                  kernel_size: int = 3, conv_layers: int = 1, conv_hidden: int = 64,
                  pos_embed: str = "learn", drop_rate: float = 0.0, attn_drop_rate: float = 0.1,
@@ -69,7 +69,8 @@ class CCT(nn.Module):
             raise ValueError(f"num_classes must be >= 0 (0 = no head), got {num_classes}")
         self.dim, self.num_classes, self.pos_kind = dim, num_classes, pos_embed
         self.tokenizer = ConvTokenizer(in_chans, dim, kernel_size, conv_layers, conv_hidden)
-        self.grid = self.tokenizer.grid_for(img_size, img_size)
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.grid = self.tokenizer.grid_for(h, w)
         self.pos_embed = LearnedPositionEmbedding(None, dim, grid=self.grid) \
             if pos_embed == "learn" else None
         self.encoder = Encoder(depth, dim, num_heads, mlp_ratio, drop_path=drop_path_rate,
