@@ -297,7 +297,13 @@ def _execute(exp: Experiment, run: RunSpec, out: Path, rollout_images: int) -> d
     done = run_dir / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    res = train(run_config(exp, run), run_dir, resume="auto")
+    cfg = run_config(exp, run)
+    saved = run_dir / "config.yaml"
+    if saved.exists() and (yaml.safe_load(saved.read_text()) or {}).get("model") != cfg["model"]:
+        # resuming would load another architecture's checkpoint into this model
+        raise ValueError(f"{run_dir} holds an unfinished run of another model config "
+                         f"({saved}); delete that directory or pass another --out")
+    res = train(cfg, run_dir, resume="auto")
     model = res["model_module"]
     test = build_dataset(run.dataset, "test", **run.data_args)
     size = test.image_size if isinstance(test.image_size, (tuple, list)) else \

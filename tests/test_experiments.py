@@ -90,3 +90,13 @@ def test_overrides_and_run_config():
     cfg = experiments.run_config(exp, exp.runs[0])
     assert cfg["train"]["seed"] == 3 and cfg["model"]["name"] == "convnet_small"
     assert cfg["logging"]["group"] == "cnn_vs_vit_quick"
+
+
+def test_unfinished_run_of_another_model_is_not_resumed(tmp_path):
+    exp = load_experiment(QUICK)
+    run = exp.runs[0]
+    run_dir = tmp_path / "runs" / run.run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("model: {name: resnet18_small, args: {}}\n")
+    with pytest.raises(ValueError, match="another model config"):
+        experiments._execute(exp, run, tmp_path, 0)

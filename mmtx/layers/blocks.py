@@ -103,7 +103,7 @@ class Block(nn.Module):
         _choice("mlp", mlp, ("mlp", "swiglu"))
         self.causal, self.norm_first = causal, norm_first
         attn_kw = dict(num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
-                       attn_drop=attn_drop, proj_drop=proj_drop)
+                       norm_eps=norm_eps, attn_drop=attn_drop, proj_drop=proj_drop)
         self.norm1 = make_norm(norm, dim, norm_eps)
         self.attn = Attention(dim, num_heads, window=window, **attn_kw)  # window: local attn
         self.cross_attn = Attention(dim, num_heads, context_dim=context_dim, **attn_kw) \
@@ -114,7 +114,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, hidden, act=act, drop=proj_drop) if mlp == "mlp" \
             else SwiGLU(dim, hidden, drop=proj_drop)
         scale = (lambda: LayerScale(dim, layer_scale)) if layer_scale else nn.Identity
-        self.ls1, self.ls_cross, self.ls2 = scale(), scale(), scale()
+        self.ls1, self.ls2 = scale(), scale()
+        self.ls_cross = scale() if cross_attention else nn.Identity()
         self.drop_path = DropPath(drop_path)
 
     def _residual(self, x, norm, ls, branch):

@@ -76,8 +76,6 @@ class CCT(nn.Module):
         self.encoder = Encoder(depth, dim, num_heads, mlp_ratio, drop_path=drop_path_rate,
                                qkv_bias=False, norm_eps=1e-5, attn_drop=attn_drop_rate,
                                proj_drop=drop_rate)
-        for blk in self.encoder.blocks:  # mmtx.layers builds an unused cross LayerScale slot
-            blk.ls_cross = nn.Identity()
         self.attn_pool = nn.Linear(dim, 1)  # sequence pooling: one score per token
         self.num_features = dim
         self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()

@@ -30,14 +30,6 @@ _POOLS = ("token", "avg", "max", "avgmax")
 _POS = ("learn", "sincos", "none")
 
 
-def _drop_unused_layer_scale(encoder: nn.Module) -> None:
-    """mmtx.layers.Block builds a cross-attention LayerScale even without cross-attention; its
-    never-used gamma would be an extra parameter with no gradient (DDP complains), so drop it."""
-    for blk in encoder.blocks:
-        if blk.cross_attn is None:
-            blk.ls_cross = nn.Identity()
-
-
 class ViT(nn.Module):
     """A ViT classifier. `forward_features` -> tokens (B, L, dim); `forward_head` -> logits.
 
@@ -91,7 +83,6 @@ class ViT(nn.Module):
                                qk_norm=qk_norm, layer_scale=layer_scale, norm=norm,
                                norm_eps=norm_eps, act=act, attn_drop=attn_drop_rate,
                                proj_drop=proj_drop_rate)
-        _drop_unused_layer_scale(self.encoder)
         self.fc_norm = make_norm(norm, dim, norm_eps) if final_norm and fc_norm else nn.Identity()
         self.pre_logits = nn.Sequential(nn.Linear(dim, pre_logits_dim), nn.Tanh()) \
             if pre_logits_dim else nn.Identity()
@@ -283,10 +274,6 @@ def from_timm(timm_vit: nn.Module, img_size=None) -> ViT:
     cfg = _timm_config(timm_vit)
     model = ViT(**cfg)
     state = {_timm_key(k): v for k, v in timm_vit.state_dict().items()}
-    if cfg["qk_norm"]:
-        # mmtx's q/k LayerNorm uses torch's eps 1e-5; timm's is its norm eps. Match it here.
-        for blk in model.encoder.blocks:
-            blk.attn.q_norm.eps = blk.attn.k_norm.eps = cfg["norm_eps"]
     model.load_state_dict(state, strict=True)
     if img_size is not None:
         model.set_img_size(img_size)
