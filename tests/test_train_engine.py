@@ -88,21 +88,10 @@ def test_cli_reports_config_errors():
     assert "unknown config key 'optim.lrr'" in proc.stderr and "optim.lr" in proc.stderr
 
 
-def _quick_ready(model_name):
-    try:
-        import mmtx.data  # noqa: F401
-        from mmtx.models import list_models
-    except ImportError:
-        return False
-    return model_name in list_models()
-
-
 @pytest.mark.parametrize("model_name", [None, "convnet_small"])  # None: the config's ViT
 def test_quick_config_trains(tmp_path, model_name):
     path = ROOT / "experiments/quick_classify.yaml"
     model_name = model_name or load_config(path).model.name
-    if not _quick_ready(model_name):
-        pytest.skip(f"mmtx.data or model {model_name} not available on this branch yet")
     # the real quick config, shortened: the full one (60 steps) is what the README times
     result = train(path, run_dir=tmp_path / model_name,
                    overrides=[f"model.name={model_name}", "train.max_steps=4",
