@@ -8,8 +8,8 @@ sequence pooling instead of a class token.
 The convolutions give ViT the locality and translation bias a CNN has, which is why CCT trains
 well on small data sets. The paper's claims (not reproduced here): its best model reaches 98%
 CIFAR-10 accuracy trained from scratch with 3.7 M parameters (CCT-7/3x1, a long schedule), and
-its smallest models have 0.28 M parameters. Issue #3 quotes the paper's CCT-7/3x1 at 94.78%
-(200 epochs) and 96.53% (300 epochs) on CIFAR-10 (not re-checked against the paper here).
+its smallest models have 0.28 M parameters. CCT-7/3x1 is also quoted at 94.78% (200 epochs)
+and 96.53% (300 epochs) on CIFAR-10 (not re-checked against the paper here).
 
 Names follow the paper: cct_<layers>_<kernel>x<conv layers>_<image size>.
 """
