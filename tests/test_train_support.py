@@ -152,7 +152,7 @@ def _main(argv) -> int:
         print(e)
         return 1
     print("FINAL", json.dumps({k: v for k, v in result.items()
-                               if isinstance(v, (int, float, str))}))
+                               if isinstance(v, (int, float, str))}), flush=True)
     return 0
 
 
