@@ -87,22 +87,28 @@ def time_per_step(spec, lengths, batch: int = 16, repeats: int = 5) -> list[dict
 
 
 @torch.no_grad()
-def _apple_features(model, tokenizer, sentences):
-    """(input embedding, contextual embedding) of "apple" in each sentence: 2 x (N, dim)."""
+def _apple_features(model, tokenizer, sentences) -> list:
+    """Per layer, the vector at the word "apple" in each sentence: [(N, dim)] for the input
+    embedding (token + position), each block's output, and the final (normed) output."""
     apple = tokenizer.encode("apple", add_special=False)[0]
-    inputs, contextual = [], []
     model.eval()
+    per_sentence = []
     for s in sentences:
         ids = torch.tensor([tokenizer.encode(s)])
         pos = int((ids[0] == apple).nonzero()[0])
-        hidden = model.forward_features(ids)  # (1, L, dim)
-        inputs.append(model.embed.tok.weight[apple])
-        contextual.append(hidden[0, pos])
-    return torch.stack(inputs).numpy(), torch.stack(contextual).numpy()
+        out, inter = model.forward_features(ids, return_hidden=True)  # (1, L, dim)
+        per_sentence.append([h[0, pos] for h in inter.hidden] + [out[0, pos]])
+    return [torch.stack(layer).numpy() for layer in zip(*per_sentence)]
 
 
 def apple_probe(probe: dict, out: Path) -> dict:
-    """Train an encoder with masked LM on the toy corpus, then probe "apple" embeddings."""
+    """Train an encoder with masked LM on the toy corpus, then probe "apple" embeddings.
+
+    The probe (logistic regression, fruit vs company) is fit on sentences whose cue words are
+    the first five of each sense and scored on sentences holding only the other five: it can
+    only transfer if the encoder learned, from the corpus, which cues belong together. The
+    untrained encoder (same architecture, fresh weights) is the control.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,41 +116,60 @@ def apple_probe(probe: dict, out: Path) -> dict:
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
-    from .data.text import apple_sentences
+    from .data.text import TextLMDataset, apple_sentences
     from .train import train
 
     cfg = copy.deepcopy(probe["config"])
+    # The encoder learns from a corpus of apple sentences in both senses (every slot word);
+    # which words go together is all there is to learn about the senses.
+    corpus = out / "apple_corpus.txt"
+    corpus.write_text("\n".join(apple_sentences(int(probe.get("corpus_sentences", 4000)),
+                                                 seed=0)[0]) + "\n")
+    cfg.setdefault("data", {}).setdefault("args", {})["path"] = str(corpus)
     res = train(cfg, out / "runs" / "apple-mlm", resume="auto")
     trained = res["model_module"]
-    from .data.text import TextLMDataset
-
     tokenizer = TextLMDataset("train", **cfg["data"].get("args", {})).tokenizer
-    # The probe is fit on four sentence templates per sense and scored on the two it never saw.
     n = int(probe.get("sentences", 200))
-    train_s, train_y = apple_sentences(n, seed=1, templates=slice(0, 4))
-    test_s, test_y = apple_sentences(n // 2, seed=2, templates=slice(4, 6))
-    sentences, senses = train_s + test_s, train_y + test_y
+    fit_s, fit_y = apple_sentences(n, seed=1, words=slice(0, 3))
+    test_s, test_y = apple_sentences(n, seed=2, words=slice(3, 6))
     torch.manual_seed(0)
     untrained = copy.deepcopy(trained)
     untrained.init_weights()  # same architecture, fresh random weights: the control
-    result = {"mlm_test_acc": res.get("test_accuracy")}
-    n_train = len(train_s)
-    emb, ctx = _apple_features(trained, tokenizer, sentences)
-    _, ctx0 = _apple_features(untrained, tokenizer, sentences)
-    for name, feats in (("input_embedding", emb), ("contextual_trained", ctx),
-                        ("contextual_untrained", ctx0)):
-        clf = LogisticRegression(max_iter=2000).fit(feats[:n_train], senses[:n_train])
-        result[f"probe_acc_{name}"] = float(clf.score(feats[n_train:], senses[n_train:]))
-    result["distinct_input_embeddings"] = len({tuple(r) for r in emb.round(6).tolist()})
-    xy = PCA(2).fit_transform(ctx)
-    fig, ax = plt.subplots(figsize=(5, 4))
+
+    def probe_acc(layers):  # held-out-cue accuracy per layer
+        accs = []
+        for feats in layers:
+            clf = LogisticRegression(max_iter=2000).fit(feats[:n], fit_y)
+            accs.append(float(clf.score(feats[n:], test_y)))
+        return accs
+
+    trained_layers = _apple_features(trained, tokenizer, fit_s + test_s)
+    result = {"mlm_test_acc": res.get("test_accuracy"),
+              "probe_acc_trained": probe_acc(trained_layers),
+              "probe_acc_untrained": probe_acc(_apple_features(untrained, tokenizer,
+                                                               fit_s + test_s)),
+              "layers": ["input"] + [f"block {i + 1}" for i in range(len(trained_layers) - 2)]
+              + ["output"]}
+    senses = fit_y + test_y
+    xy = PCA(2).fit_transform(trained_layers[-1])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for y, name in ((0, "apple = fruit"), (1, "apple = company")):
-        pts = xy[[i for i, s in enumerate(senses) if s == y]]
-        ax.scatter(pts[:, 0], pts[:, 1], s=12, label=name, alpha=0.7)
-    ax.set_title(f'contextual embedding of "apple" (PCA, trained encoder)\nlinear probe '
-                 f'{100 * result["probe_acc_contextual_trained"]:.0f}%, input embedding '
-                 f'{100 * result["probe_acc_input_embedding"]:.0f}%')
-    ax.legend()
+        for split, marker in ((slice(0, n), "o"), (slice(n, 2 * n), "x")):
+            idx = [i for i in range(2 * n)[split] if senses[i] == y]
+            axes[0].scatter(xy[idx, 0], xy[idx, 1], s=14, marker=marker, alpha=0.7,
+                            color=f"C{y}", label=f"{name} ({'fit' if marker == 'o' else 'new'}"
+                                                 " words)")
+    axes[0].set_title('contextual embedding of "apple" (trained, output; PCA)')
+    axes[0].legend(fontsize=8)
+    x = range(len(result["layers"]))
+    for key, label in (("probe_acc_trained", "trained (masked LM)"),
+                       ("probe_acc_untrained", "untrained (random weights)")):
+        axes[1].plot(x, [100 * a for a in result[key]], marker="o", label=label)
+    axes[1].axhline(50, color="gray", ls=":", label="chance")
+    axes[1].set(xticks=list(x), ylim=(0, 105), ylabel="probe accuracy on unseen words (%)",
+                title="linear probe: fruit vs company, by layer")
+    axes[1].set_xticklabels(result["layers"])
+    axes[1].legend(fontsize=8)
     fig.savefig(out / "apple_probe.png", dpi=130, bbox_inches="tight")
     plt.close(fig)
     return result
@@ -219,15 +244,21 @@ def run_rnn_vs_transformer(path, out_dir=None, overrides=()) -> dict:
                   f" | {ms[0] / ms[-1]:.2f} |")
     md += ["", "![accuracy and time](rnn_vs_transformer.png)", ""]
     if probe:
+        n = spec["probe"].get("sentences", 200)
         md += ['## Context-aware embeddings: "apple"', "",
-               f"Input embeddings of 'apple' across {spec['probe'].get('sentences', 200)} "
-               f"sentences: {probe['distinct_input_embeddings']} distinct vector(s). "
-               "Linear-probe accuracy (fruit vs company; fit on 4 sentence templates per sense, "
-               "scored on 2 unseen ones):", "",
-               "| features | probe accuracy |", "|---|---|"]
-        for k in ("input_embedding", "contextual_untrained", "contextual_trained"):
-            md.append(f"| {k.replace('_', ' ')} | {100 * probe[f'probe_acc_{k}']:.1f}% |")
-        md += ["", "![apple probe](apple_probe.png)", ""]
+               "The word has one token embedding; what the encoder makes of it depends on the "
+               "words around it. A linear probe (fruit vs company) is fit on the vector at "
+               f"\"apple\" in {n} sentences whose cue words are five per sense, then scored on "
+               f"{n} sentences holding only the other five cues. \"input\" is the token + "
+               "position embedding, the same in both senses.", "",
+               "| layer | " + " | ".join(probe["layers"]) + " |",
+               "|---|" + "---|" * len(probe["layers"])]
+        for key, label in (("probe_acc_untrained", "untrained encoder"),
+                           ("probe_acc_trained", "trained encoder (masked LM)")):
+            md.append(f"| {label} | " + " | ".join(f"{100 * a:.1f}%" for a in probe[key]) + " |")
+        md += ["", f"Masked-LM accuracy of the trained encoder: {100 * probe['mlm_test_acc']:.1f}%."
+               if probe.get("mlm_test_acc") is not None else "",
+               "", "![apple probe](apple_probe.png)", ""]
     (out / "report.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(
         {"experiment": name, "recall": acc_rows, "time_per_step": step_rows, "probe": probe},

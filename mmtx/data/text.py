@@ -19,13 +19,26 @@ from .tokenizers import ByteTokenizer, WordTokenizer
 _COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 _SHAPES = ["circle", "square", "triangle", "star"]
 _PLACES = ["above", "below", "left of", "right of"]
-# "apple" in two senses; the words around it tell them apart, the word itself does not.
-_FRUIT = ["she ate a ripe apple after lunch .", "the apple fell from the old tree .",
-          "he sliced the red apple into pieces .", "a sweet apple grew in the orchard .",
-          "we baked an apple pie with cinnamon .", "the juicy apple was fresh and crisp ."]
-_COMPANY = ["apple released a new phone today .", "shares of apple rose after earnings .",
-            "apple opened a store in the city .", "the engineers at apple wrote new software .",
-            "investors watched apple and its rivals .", "apple announced a faster laptop chip ."]
+# "apple" in two senses, in one frame: "{who} {did} the {what} apple {prep} the {thing} ." The
+# frame and the prepositions are shared, so only the slot words tell the senses apart; a model
+# trained on the corpus can learn which slot words go together, and a probe fit on sentences
+# that use some of them can be tested on sentences that use only the others.
+_APPLE_SLOTS = (
+    (["farmers", "children", "cooks", "bakers", "pickers", "grandparents"],  # fruit
+     ["picked", "ate", "peeled", "sliced", "washed", "baked"],
+     ["ripe", "juicy", "sweet", "sour", "crisp", "bruised"],
+     ["orchard", "pie", "tree", "basket", "cider", "harvest"]),
+    (["investors", "analysts", "engineers", "reporters", "lawyers", "customers"],  # company
+     ["praised", "sued", "watched", "followed", "criticized", "reviewed"],
+     ["latest", "rumored", "official", "annual", "quarterly", "new"],
+     ["earnings", "phone", "store", "software", "stock", "laptop"]),
+)
+_APPLE_PREPS = ["near", "with", "after", "for"]
+
+
+def _apple_sentence(rng: random.Random, sense: int, words: slice = slice(None)) -> str:
+    who, did, what, thing = (rng.choice(slot[words]) for slot in _APPLE_SLOTS[sense])
+    return f"{who} {did} the {what} apple {rng.choice(_APPLE_PREPS)} the {thing} ."
 
 
 def toy_sentences(n: int, seed: int = 0) -> list[str]:
@@ -44,17 +57,18 @@ def toy_sentences(n: int, seed: int = 0) -> list[str]:
             out.append(f"there {'is' if k == 1 else 'are'} {number} "
                        f"{rng.choice(_COLORS)} {rng.choice(_SHAPES)}{'' if k == 1 else 's'} .")
         else:
-            out.append(rng.choice(_FRUIT if kind < 0.85 else _COMPANY))
+            out.append(_apple_sentence(rng, int(kind >= 0.85)))
     return out
 
 
-def apple_sentences(n: int, seed: int = 0, templates: slice = slice(None)
+def apple_sentences(n: int, seed: int = 0, words: slice = slice(None)
                     ) -> tuple[list[str], list[int]]:
-    """(sentences, sense) with sense 0 = fruit, 1 = company, balanced; `templates` picks which
-    of the six sentences per sense are drawn (so a probe can be tested on unseen ones)."""
+    """(sentences, sense) with sense 0 = fruit, 1 = company, balanced. `words` picks which of
+    the six words per slot may appear (so a probe can be tested on words it was not fit on).
+    """
     rng = random.Random(seed)
     labels = [i % 2 for i in range(n)]
-    return [rng.choice((_COMPANY if y else _FRUIT)[templates]) for y in labels], labels
+    return [_apple_sentence(rng, y, words) for y in labels], labels
 
 
 def _split_range(n: int, split: str) -> tuple[int, int]:
