@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from mmtx.layers import (
+    Attention,
     Decoder,
     Encoder,
+    KVCache,
     LearnedPositionEmbedding,
     PatchEmbed,
     RotaryEmbedding,
@@ -159,6 +161,27 @@ def test_decoder_cache_decoding_equals_full_forward(cross):
         steps = [dec(x[:, :2], context=ctx, rope=rope, cache=cache)]
         steps += [dec(x[:, t:t + 1], context=ctx, rope=rope, cache=cache) for t in range(2, 7)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("context_dim", [None, 24])
+def test_cross_attention_keys_and_values_are_projected_once_per_cache(context_dim):
+    torch.manual_seed(0)
+    attn = Attention(16, 4, context_dim=context_dim).eval()
+    x, ctx = torch.randn(3, 4, 16), torch.randn(3, 5, context_dim or 16)
+    cache = KVCache()
+    with torch.no_grad():
+        first = attn(x[:, :1], context=ctx, cache=cache)
+        # later steps read the cached keys and values: the context passed is not projected again
+        later = attn(x[:, 1:], context=torch.zeros_like(ctx), cache=cache)
+    torch.testing.assert_close(torch.cat([first, later], 1), attn(x, context=ctx))
+    assert cache.length == 0 and cache.context[0].shape == (3, 4, 5, 4)
+    cache.reorder(torch.tensor([2, 2, 0]))  # beam search keeps some rows
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x[[2, 2, 0], 1:], context=torch.zeros_like(ctx),
+                                        cache=cache),
+                                   attn(x[[2, 2, 0], 1:], context=ctx[[2, 2, 0]]))
+    with pytest.raises(ValueError, match="rope is for self-attention"):
+        attn(x, context=ctx, rope=RotaryEmbedding(4))
 
 
 def test_stack_returns_attention_maps_and_hidden_states():

@@ -13,12 +13,21 @@ from mmtx.train.text_tasks import NUM_SPECIALS, MaskedLMTask
 
 
 def test_recall_label_is_the_token_distance_back():
-    ds = RecallDataset("test", distance=12, num_samples=100, vocab_size=8)
+    ds = RecallDataset("test", distance=12, num_samples=100, vocab_size=8, marked=False)
     item = ds[3]
-    assert item["ids"].shape == (12 + 4 + 1,)
+    assert item["ids"].shape == (12 + 4 + 1,) and ds.vocab_size == ds.num_classes == 8
     assert item["label"] == int(item["ids"][-1 - 12])
     assert not torch.equal(RecallDataset("train", 12)[0]["ids"],
                            RecallDataset("test", 12)[0]["ids"])  # splits differ
+
+
+def test_recall_marked_token_is_the_only_marked_one():
+    ds = RecallDataset("val", distance=5, vocab_size=8)
+    assert ds.vocab_size == 16 and ds.num_classes == 8
+    for i in range(len(ds)):
+        ids, label = ds[i]["ids"], ds[i]["label"]
+        assert (ids >= 8).nonzero().flatten().tolist() == [len(ids) - 1 - 5]
+        assert int(ids[-1 - 5]) == label + 8
 
 
 @pytest.mark.parametrize("task", ["reverse", "sort"])

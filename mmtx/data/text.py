@@ -164,12 +164,14 @@ class RecallDataset(Dataset):
     """Long-range recall: a random token string; the label is the token `distance` positions
     before the last one. Items {"ids": (distance + prefix + 1,), "label": int}.
 
-    Only that one position matters, so an RNN must carry it through `distance` updates while
-    attention can look it up directly.
+    marked=True (the default) writes that token in a marked form (ids `vocab_size` and up), so
+    the question is "which symbol was marked?": attention can look the marked token up by its
+    content at any distance, while an RNN must carry it through `distance` updates. With
+    marked=False the position alone says which token counts, and the model must learn to count.
     """
 
     def __init__(self, split: str = "train", distance: int = 16, num_samples: int = 2000,
-                 vocab_size: int = 8, prefix: int = 4, seed: int = 0):
+                 vocab_size: int = 8, prefix: int = 4, marked: bool = True, seed: int = 0):
         check_split(split)
         if distance < 1:
             raise ValueError(f"distance: expected >= 1, got {distance}")
@@ -179,7 +181,10 @@ class RecallDataset(Dataset):
         self.seq_len = distance + prefix + 1
         self.ids = torch.randint(0, vocab_size, (n, self.seq_len), generator=g)
         self.labels = self.ids[:, -1 - distance].clone()
-        self.vocab_size = self.num_classes = vocab_size
+        if marked:
+            self.ids[:, -1 - distance] += vocab_size
+        self.num_classes = vocab_size
+        self.vocab_size = 2 * vocab_size if marked else vocab_size
         self.max_len, self.distance = self.seq_len, distance
 
     def __len__(self):

@@ -138,6 +138,9 @@ class KVCache:
     def __init__(self):
         self._k = self._v = None
         self.length = 0
+        # The block's cross-attention keys and values (B, Hkv, Lctx, D): the context does not
+        # change while decoding, so they are projected on the first step only.
+        self.context: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, k: torch.Tensor, v: torch.Tensor):
         """Append k, v (B, Hkv, T, D); return all keys and values (B, Hkv, length, D)."""
@@ -166,6 +169,8 @@ class KVCache:
         """Select batch rows (beam search keeps the surviving beams)."""
         if self._k is not None:
             self._k, self._v = self._k[index], self._v[index]
+        if self.context is not None:
+            self.context = tuple(t[index] for t in self.context)
 
 
 class Attention(nn.Module):
@@ -174,7 +179,8 @@ class Attention(nn.Module):
     x (B, Lq, dim), context (B, Lk, context_dim) -> (B, Lq, dim) [, weights (B, H, Lq, Lk)].
     `mask`: bool/float, broadcastable to (B, H, Lq, Lk). `rope`: a callable
     `rope(q, k, offset) -> (q, k)` applied per head (see `RotaryEmbedding`). `cache`: a `KVCache`
-    holding earlier positions' keys and values (self-attention only). `window`: sliding-window
+    holding earlier positions' keys and values; with a context, it keeps the context's keys and
+    values from the first call and reuses them (one cache per decoding of one context). `window`: sliding-window
     self-attention, query i sees key j when |i - j| < window (causal: 0 <= i - j < window), run
     block by block by `local_attention` (linear in length) unless a mask, a cache, attention
     weights or attention dropout ask for the dense path with the same window as a mask.
@@ -224,7 +230,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _project(self, x, context):
+    def _project(self, x, context, with_kv: bool = True):
+        """q (B, Lq, dim), k, v (B, Lk, kv_dim); with_kv=False: q, None, None (cached context)."""
         if context is None:
             return self.qkv(x).split([self.dim, self.kv_dim, self.kv_dim], dim=-1)
         if context.shape[-1] != (self.context_dim or self.dim):
@@ -234,23 +241,32 @@ class Attention(nn.Module):
             w_q, w_kv = self.qkv.weight.split([self.dim, 2 * self.kv_dim])
             b_q, b_kv = (None, None) if self.qkv.bias is None else \
                 self.qkv.bias.split([self.dim, 2 * self.kv_dim])
-            q, kv = F.linear(x, w_q, b_q), F.linear(context, w_kv, b_kv)
+            q = F.linear(x, w_q, b_q)
+            kv = F.linear(context, w_kv, b_kv) if with_kv else None
         else:
-            q, kv = self.q(x), self.kv(context)
-        return (q, *kv.split(self.kv_dim, dim=-1))
+            q, kv = self.q(x), self.kv(context) if with_kv else None
+        return (q, None, None) if kv is None else (q, *kv.split(self.kv_dim, dim=-1))
 
     def forward(self, x, context=None, mask=None, causal=False, rope=None, cache=None,
                 return_attn=False):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be (B, L, {self.dim}), got shape {tuple(x.shape)}")
+        if rope is not None and context is not None:
+            raise ValueError("rope is for self-attention; got it together with a context")
         B, L, _ = x.shape
-        q, k, v = self._project(x, context)
+        cached_context = context is not None and cache is not None and cache.context is not None
+        q, k, v = self._project(x, context, with_kv=not cached_context)
         q = self.q_norm(q.view(B, L, self.num_heads, self.head_dim).transpose(1, 2))  # (B,H,L,D)
-        k = self.k_norm(k.view(B, -1, self.num_kv_heads, self.head_dim).transpose(1, 2))  # Hkv
-        v = v.view(B, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, Lk, D)
+        if cached_context:
+            k, v = cache.context  # (B, Hkv, Lk, D)
+        else:
+            k = self.k_norm(k.view(B, -1, self.num_kv_heads, self.head_dim).transpose(1, 2))
+            v = v.view(B, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,Lk,D)
         if rope is not None:
             q, k = rope(q, k, offset=cache.length if cache is not None else 0)
-        if cache is not None:
+        if cache is not None and context is not None:
+            cache.context = (k, v)
+        elif cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, past + L, D)
         if self.num_kv_heads != self.num_heads:  # GQA: each kv head serves a group of q heads
             rep = self.num_heads // self.num_kv_heads

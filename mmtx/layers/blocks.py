@@ -135,7 +135,7 @@ class Block(nn.Module):
                 raise ValueError("context must be given to a block with cross_attention=True")
             x, w_cross = self._residual(
                 x, self.norm_cross, self.ls_cross, lambda h: self.cross_attn(
-                    h, context=context, mask=context_mask, return_attn=return_attn))
+                    h, context=context, mask=context_mask, cache=cache, return_attn=return_attn))
         x, _ = self._residual(x, self.norm2, self.ls2, self.mlp)
         return (x, w_self, w_cross) if return_attn else x
 
