@@ -4,7 +4,9 @@ Measured side by side in one run, interleaved (mmtx, HF, mmtx, HF, ...) so that 
 processes hits both alike; medians reported.
   1. greedy decode tokens/s, batch 1 and 16, 256 new tokens (HF: `generate`, KV cache on);
   2. mmtx cached vs uncached generation to 512 tokens;
-  3. training tokens/s (forward + backward + AdamW step).
+  3. training tokens/s (forward + backward + AdamW step);
+  4. `Seq2Seq` greedy decoding with the cross-attention keys and values cached vs projected
+     again on every step (what decoding cost before the cache kept them).
 Prints a table and writes benchmarks/results/text.json.
 
     python benchmarks/text.py [--quick] [--threads N]
@@ -24,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmtx.models.text import from_hf_gpt2  # noqa: E402
+from mmtx.layers import KVCache  # noqa: E402
+from mmtx.models.text import Seq2Seq, from_hf_gpt2  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -113,6 +116,35 @@ def bench_train(hf, ours, batch, seq, steps):
             "hf_tok_s": tok / t["hf"], "speedup": t["hf"] / t["mmtx"]}
 
 
+class _RecomputeContext(KVCache):
+    """A cache that forgets the context's keys and values: every step projects them again."""
+
+    context = property(lambda self: None, lambda self, value: None)
+
+
+def bench_cross_cache(args, batch, src_len, new, repeats):
+    torch.manual_seed(0)
+    model = Seq2Seq(args.vocab, max_len=max(src_len, new + 1), dim=args.dim, depth=args.depth,
+                    num_heads=args.heads, dropout=0.0).eval()
+    src = torch.randint(3, args.vocab, (batch, src_len))
+    stock = model.decoder.new_cache
+
+    def recompute():
+        model.decoder.new_cache = lambda: [_RecomputeContext() for _ in stock()]
+        try:
+            return model.generate(src, new)
+        finally:
+            model.decoder.new_cache = stock
+
+    with torch.no_grad():
+        same = torch.equal(model.generate(src, new), recompute())
+        t = side_by_side({"cached": lambda: model.generate(src, new), "recompute": recompute},
+                         repeats)
+    return {"batch": batch, "src_len": src_len, "new_tokens": new, "cached_s": t["cached"],
+            "recompute_s": t["recompute"], "speedup": t["recompute"] / t["cached"],
+            "same_tokens": same}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer tokens and repeats (smoke run)")
@@ -130,6 +162,7 @@ def main(argv=None):
     decode = [bench_decode(hf, ours, b, new, 16, reps) for b in (1, 16)]
     cache = bench_cache(ours, total, 16, max(1, reps // 2))
     train = bench_train(hf, ours, 8 if args.quick else 16, 128 if args.quick else 256, reps)
+    cross = bench_cross_cache(args, 8, 64 if args.quick else 256, new // 2, reps)
 
     print(f"\nGPT config: dim={args.dim} depth={args.depth} heads={args.heads} "
           f"vocab={args.vocab}; torch {torch.__version__}, {args.threads} threads, CPU")
@@ -148,8 +181,15 @@ def main(argv=None):
     print(f"{shape:<22}"
           f"{train['mmtx_tok_s']:>12.0f}{train['hf_tok_s']:>12.0f}{train['speedup']:>8.2f}x")
 
+    print(f"\n{'seq2seq greedy':<22}{'cached s':>12}{'recompute s':>12}{'speedup':>9}"
+          f"{'same tokens':>13}")
+    shape = f"b{cross['batch']}, src {cross['src_len']}, {cross['new_tokens']} new"
+    print(f"{shape:<22}{cross['cached_s']:>12.2f}{cross['recompute_s']:>12.2f}"
+          f"{cross['speedup']:>8.2f}x{str(cross['same_tokens']):>13}")
+
     result = {"config": vars(args), "torch": torch.__version__, "machine": platform.machine(),
-              "device": "cpu", "decode": decode, "kv_cache": cache, "train": train}
+              "device": "cpu", "decode": decode, "kv_cache": cache, "train": train,
+              "seq2seq_cross_cache": cross}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
