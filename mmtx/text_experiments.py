@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-_KEYS = ("kind", "name", "description", "base", "models", "distances", "timing", "probe")
+_KEYS = ("kind", "name", "description", "base", "models", "distances", "seeds", "timing",
+         "probe")
 
 
 def load_study(path, overrides=()) -> dict:
@@ -34,10 +35,10 @@ def load_study(path, overrides=()) -> dict:
     return spec
 
 
-def _train_recall(spec, model, distance, out: Path) -> dict:
+def _train_recall(spec, model, distance, seed, out: Path) -> dict:
     from .train import train
 
-    run_dir = out / "runs" / f"{model['label']}-d{distance}"
+    run_dir = out / "runs" / f"{model['label']}-d{distance}-s{seed}"
     done = run_dir / "result.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -46,9 +47,10 @@ def _train_recall(spec, model, distance, out: Path) -> dict:
     data = cfg.setdefault("data", {})
     data.update(name="recall", args={**data.get("args", {}), "distance": distance})
     cfg.setdefault("task", {})["name"] = "text_classification"
+    cfg.setdefault("train", {})["seed"] = seed
     res = train(cfg, run_dir, resume="auto")
     epochs = res["epochs"] or 1.0
-    result = {"model": model["label"], "distance": distance,
+    result = {"model": model["label"], "distance": distance, "seed": seed,
               "test_accuracy": res["test_accuracy"], "steps": res["steps"],
               "train_s": res["train_s"], "s_per_epoch": res["train_s"] / epochs,
               "s_per_step": res["train_s"] / max(1, res["steps"]), "params": res["params"]}
@@ -182,9 +184,14 @@ def _plots(acc_rows, step_rows, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label in dict.fromkeys(r["model"] for r in acc_rows):
-        pts = sorted((r["distance"], r["test_accuracy"]) for r in acc_rows if r["model"] == label)
-        axes[0].plot(*zip(*pts), marker="o", label=label)
+    for i, label in enumerate(dict.fromkeys(r["model"] for r in acc_rows)):
+        rows = [r for r in acc_rows if r["model"] == label]
+        dists = sorted({r["distance"] for r in rows})
+        axes[0].plot(dists, [statistics.mean(r["test_accuracy"] for r in rows
+                                             if r["distance"] == d) for d in dists],
+                     marker="o", color=f"C{i}", label=f"{label} (mean over seeds)")
+        axes[0].scatter([r["distance"] for r in rows], [r["test_accuracy"] for r in rows],
+                        marker="x", color=f"C{i}", alpha=0.6)
     axes[0].set(xscale="log", xlabel="distance N (tokens back)", ylabel="test accuracy",
                 title="long-range recall", ylim=(0, 1.05))
     axes[0].legend()
@@ -210,10 +217,12 @@ def run_rnn_vs_transformer(path, out_dir=None, overrides=()) -> dict:
     out = Path(out_dir) if out_dir else Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
     acc_rows = []
+    seeds = [int(x) for x in spec.get("seeds") or [0]]
     for d in spec["distances"]:
         for m in spec["models"]:
-            print(f"[recall] {m['label']} distance {d}", flush=True)
-            acc_rows.append(_train_recall(spec, m, int(d), out))
+            for seed in seeds:
+                print(f"[recall] {m['label']} distance {d} seed {seed}", flush=True)
+                acc_rows.append(_train_recall(spec, m, int(d), seed, out))
     timing = spec.get("timing") or {}
     step_rows = time_per_step(spec, timing.get("lengths", [64, 256, 1024]),
                               int(timing.get("batch", 16)), int(timing.get("repeats", 5)))
@@ -222,16 +231,17 @@ def run_rnn_vs_transformer(path, out_dir=None, overrides=()) -> dict:
 
     labels = list(dict.fromkeys(m["label"] for m in spec["models"]))
     md = [f"# {name}", "", (spec.get("description") or "").strip(), "",
-          "## Accuracy vs distance (test split; chance = 1/8)", "",
-          "| distance | " + " | ".join(f"{lb} acc | {lb} s/epoch | {lb} ms/step"
+          f"## Accuracy vs distance (test split; chance = 1/8; seeds {seeds})", "",
+          "| distance | " + " | ".join(f"{lb} acc (per seed) | {lb} s/epoch | {lb} ms/step"
                                         for lb in labels) + " |",
           "|---|" + "---|---|---|" * len(labels)]
     for d in spec["distances"]:
         cells = []
         for lb in labels:
-            r = next(r for r in acc_rows if r["model"] == lb and r["distance"] == int(d))
-            cells.append(f"{100 * r['test_accuracy']:.1f}% | {r['s_per_epoch']:.2f} | "
-                         f"{1000 * r['s_per_step']:.1f}")
+            rs = [r for r in acc_rows if r["model"] == lb and r["distance"] == int(d)]
+            accs = " / ".join(f"{100 * r['test_accuracy']:.1f}%" for r in rs)
+            cells.append(f"{accs} | {statistics.median(r['s_per_epoch'] for r in rs):.2f} | "
+                         f"{1000 * statistics.median(r['s_per_step'] for r in rs):.1f}")
         md.append(f"| {d} | " + " | ".join(cells) + " |")
     md += ["", "## Training time per step vs sequence length (batch "
            f"{timing.get('batch', 16)}, median, interleaved)", "",

@@ -118,7 +118,8 @@ def test_rnn_vs_transformer_runner_tiny(tmp_path):
     from mmtx.text_experiments import run_rnn_vs_transformer
 
     spec = Path(__file__).parents[1] / "experiments" / "rnn_vs_transformer.yaml"
-    overrides = ["distances=[2,4]", "base.train.max_steps=3", "base.data.args.num_samples=64",
+    overrides = ["distances=[2,4]", "seeds=[0]", "base.train.max_steps=3",
+                 "base.data.args.num_samples=64",
                  "timing.lengths=[8,16]", "timing.repeats=1", "probe.sentences=16",
                  "probe.corpus_sentences=200", "probe.config.train.max_steps=3"]
     res = run_rnn_vs_transformer(spec, tmp_path, overrides)

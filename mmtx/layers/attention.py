@@ -180,10 +180,11 @@ class Attention(nn.Module):
     `mask`: bool/float, broadcastable to (B, H, Lq, Lk). `rope`: a callable
     `rope(q, k, offset) -> (q, k)` applied per head (see `RotaryEmbedding`). `cache`: a `KVCache`
     holding earlier positions' keys and values; with a context, it keeps the context's keys and
-    values from the first call and reuses them (one cache per decoding of one context). `window`: sliding-window
-    self-attention, query i sees key j when |i - j| < window (causal: 0 <= i - j < window), run
-    block by block by `local_attention` (linear in length) unless a mask, a cache, attention
-    weights or attention dropout ask for the dense path with the same window as a mask.
+    values from the first call and reuses them (one cache per decoding of one context).
+    `window`: sliding-window self-attention, query i sees key j when |i - j| < window (causal:
+    0 <= i - j < window), run block by block by `local_attention` (linear in length) unless a
+    mask, a cache, attention weights or attention dropout ask for the dense path with the same
+    window as a mask.
     """
 
     def __init__(
