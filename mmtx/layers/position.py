@@ -71,10 +71,14 @@ class LearnedPositionEmbedding(nn.Module):
 
 
 def resize_grid_table(table: torch.Tensor, old: tuple[int, int], new: tuple[int, int]):
-    """(1, h*w, dim) -> (1, h2*w2, dim) by bicubic interpolation over the grid."""
+    """(1, h*w, dim) -> (1, h2*w2, dim) by bicubic interpolation over the grid.
+
+    antialias=True, as timm resamples position tables, so converted timm models give timm's
+    numbers at any image size (it changes the cubic kernel when upsampling too)."""
     dim = table.shape[-1]
     t = table.reshape(1, old[0], old[1], dim).permute(0, 3, 1, 2)  # (1, dim, h, w)
-    t = F.interpolate(t.float(), size=tuple(new), mode="bicubic", align_corners=False)
+    t = F.interpolate(t.float(), size=tuple(new), mode="bicubic", align_corners=False,
+                      antialias=True)
     return t.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], dim).to(table.dtype)
 
 
