@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mmtx.layers import (
     Attention,
@@ -126,9 +125,11 @@ def test_learned_position_grid_resize():
     out = pos(torch.zeros(1, 1 + 16, 4), grid=(4, 4))
     assert out.shape == (1, 17, 4)
     torch.testing.assert_close(out[:, 0], pos.weight[:, 0])  # the class token is not resized
-    ref = F.interpolate(pos.weight[:, 1:].reshape(1, 2, 3, 4).permute(0, 3, 1, 2), size=(4, 4),
-                        mode="bicubic", align_corners=False)  # (1, dim, 4, 4)
-    torch.testing.assert_close(out[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 16, 4))
+    from timm.layers import resample_abs_pos_embed  # the reference: timm's resampling
+
+    ref = resample_abs_pos_embed(pos.weight, new_size=(4, 4), old_size=(2, 3),
+                                 num_prefix_tokens=1)
+    torch.testing.assert_close(out, ref)
     with pytest.raises(ValueError, match="sequence length 8"):
         pos(torch.zeros(1, 8, 4))
 
