@@ -257,10 +257,12 @@ def run_rnn_vs_transformer(path, out_dir=None, overrides=()) -> dict:
         n = spec["probe"].get("sentences", 200)
         md += ['## Context-aware embeddings: "apple"', "",
                "The word has one token embedding; what the encoder makes of it depends on the "
-               "words around it. A linear probe (fruit vs company) is fit on the vector at "
-               f"\"apple\" in {n} sentences whose cue words are five per sense, then scored on "
-               f"{n} sentences holding only the other five cues. \"input\" is the token + "
-               "position embedding, the same in both senses.", "",
+               "words around it. Sentences share one frame (\"{who} {did} the {what} apple "
+               "{prep} the {thing} .\") whose slot words tell the sense. A linear probe (fruit "
+               f"vs company) is fit on the vector at \"apple\" in {n} sentences using three of "
+               f"the six words of each slot, then scored on {n} sentences using only the other "
+               "three. \"input\" is the token + position embedding, the same in both senses.",
+               "",
                "| layer | " + " | ".join(probe["layers"]) + " |",
                "|---|" + "---|" * len(probe["layers"])]
         for key, label in (("probe_acc_untrained", "untrained encoder"),
