@@ -104,11 +104,11 @@ def _apple_features(model, tokenizer, sentences) -> list:
 
 
 def apple_probe(probe: dict, out: Path) -> dict:
-    """Train an encoder with masked LM on the toy corpus, then probe "apple" embeddings.
+    """Train an encoder with masked LM on apple sentences, then probe "apple" embeddings.
 
-    The probe (logistic regression, fruit vs company) is fit on sentences whose cue words are
-    the first five of each sense and scored on sentences holding only the other five: it can
-    only transfer if the encoder learned, from the corpus, which cues belong together. The
+    The probe (logistic regression, fruit vs company) is fit on sentences using the first three
+    words of each slot and scored on sentences using only the other three: it can only
+    transfer if the encoder learned, from the corpus, which words belong together. The
     untrained encoder (same architecture, fresh weights) is the control.
     """
     import matplotlib
