@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmtx.models import create_model
-from mmtx.models.generation import filter_logits
+from mmtx.models.decoding import filter_logits
 from mmtx.models.text import Seq2Seq, TextDecoder, TextEncoder
 
 V = 50
@@ -46,7 +46,7 @@ def test_top_k_never_samples_outside_the_top_k():
     filtered = filter_logits(logits, top_k=5)
     assert (torch.isfinite(filtered).sum(-1) == 5).all()
     g = torch.Generator().manual_seed(0)
-    from mmtx.models.generation import sample_next
+    from mmtx.models.decoding import sample_next
     for _ in range(200):
         tok = sample_next(logits, temperature=2.0, top_k=5, generator=g)
         assert (allowed == tok[:, None]).any(-1).all()
@@ -63,7 +63,7 @@ def test_top_p_keeps_the_smallest_nucleus():
     kept = torch.isfinite(filter_logits(probs.log(), top_p=0.75))
     assert kept.tolist() == [[True, True, False, False], [False, True, False, False]]
     g = torch.Generator().manual_seed(0)
-    from mmtx.models.generation import sample_next
+    from mmtx.models.decoding import sample_next
     for _ in range(200):
         tok = sample_next(probs.log(), top_p=0.75, generator=g)
         assert kept[torch.arange(2), tok].all()

@@ -1,15 +1,23 @@
 """The shared attention library: every mmtx model is built from these parts."""
 
-from .attention import (
-    Attention,
-    KVCache,
-    scaled_dot_product_attention,
-    use_fused_attn,
+from .attention import Attention, KVCache, scaled_dot_product_attention
+from .blocks import (
+    ACTIVATIONS,
+    Block,
+    Decoder,
+    DropPath,
+    Encoder,
+    Intermediates,
+    Mlp,
+    SwiGLU,
+    Transformer,
+    make_act,
+    make_norm,
 )
-from .blocks import Block, Decoder, DropPath, Encoder, Intermediates, Mlp, SwiGLU, Transformer
 from .classic import AdditiveAttention, MultiplicativeAttention
+from .config import fused_attn_enabled, use_fused_attn
 from .local import local_attention
-from .masks import causal_mask, global_local_mask, padding_mask, sliding_window_mask
+from .masks import causal_mask, global_local_mask, in_window, padding_mask, sliding_window_mask
 from .patch import PatchEmbed, patchify, unpatchify
 from .position import (
     LearnedPositionEmbedding,
@@ -21,9 +29,10 @@ from .position import (
 
 __all__ = [
     "Attention", "KVCache", "scaled_dot_product_attention", "use_fused_attn",
-    "AdditiveAttention", "MultiplicativeAttention", "local_attention",
+    "fused_attn_enabled", "AdditiveAttention", "MultiplicativeAttention", "local_attention",
     "Block", "Decoder", "DropPath", "Encoder", "Intermediates", "Mlp", "SwiGLU", "Transformer",
-    "causal_mask", "global_local_mask", "padding_mask", "sliding_window_mask",
+    "ACTIVATIONS", "make_act", "make_norm",
+    "causal_mask", "global_local_mask", "in_window", "padding_mask", "sliding_window_mask",
     "PatchEmbed", "patchify", "unpatchify",
     "LearnedPositionEmbedding", "RotaryEmbedding", "resize_grid_table", "sincos_2d_encoding",
     "sinusoidal_encoding",

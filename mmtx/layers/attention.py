@@ -12,17 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import fused_attn_enabled, use_fused_attn  # noqa: F401  (use_fused_attn re-exported)
 from .local import local_attention
-from .masks import causal_mask
-
-# One global switch, like timm's: fused kernels unless a caller asks for the explicit math path.
-_USE_FUSED = True
-
-
-def use_fused_attn(enabled: bool = True) -> None:
-    """Turn the fused SDPA kernel on or off everywhere (the math path is the reference)."""
-    global _USE_FUSED
-    _USE_FUSED = bool(enabled)
+from .masks import causal_mask, in_window
 
 
 def _broadcastable(shape: tuple, target: tuple) -> bool:
@@ -83,10 +75,10 @@ def scaled_dot_product_attention(
         raise ValueError(
             f"k and v must have the same length Lk, got k {tuple(k.shape)} and v {tuple(v.shape)}"
         )
-    if _USE_FUSED and not return_weights and causal and mask is None and q.shape[-2] <= 1:
+    fused = fused_attn_enabled() and not return_weights
+    if fused and causal and mask is None and q.shape[-2] <= 1:
         causal = False  # one query is the last position: it sees every key, no mask needed
-    if (_USE_FUSED and not return_weights and causal and mask is None
-            and q.shape[-2] == k.shape[-2]):
+    if fused and causal and mask is None and q.shape[-2] == k.shape[-2]:
         # Square causal: top-left and bottom-right alignment coincide, so the kernel's own
         # is_causal applies; it skips the masked half, and no row can be empty.
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
@@ -105,7 +97,7 @@ def scaled_dot_product_attention(
         else:  # let dead rows attend anywhere, then zero them below
             mask = (mask | dead) if is_bool else mask.masked_fill(dead, 0.0)
 
-    if _USE_FUSED and not return_weights:
+    if fused:
         if mask is not None and mask.dim() < q.dim():
             # A 3-D mask with 4-D q sends PyTorch's CPU dispatch to its slow math fallback
             # (2-D and full-rank masks get the flash kernel); a view to full rank costs nothing.
@@ -297,7 +289,7 @@ class Attention(nn.Module):
         lq, lk = q.shape[-2], k.shape[-2]
         d = torch.arange(lk - lq, lk, device=q.device)[:, None] \
             - torch.arange(lk, device=q.device)[None, :]  # (Lq, Lk) query minus key position
-        window = ((d >= 0) & (d < self.window)) if causal else (d.abs() < self.window)
+        window = in_window(d, self.window, causal)
         if mask is None:
             return window
         return (mask & window) if mask.dtype == torch.bool else \

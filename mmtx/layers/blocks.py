@@ -10,12 +10,14 @@ import torch.nn.functional as F
 
 from .attention import Attention, KVCache
 
-_ACTIVATIONS = {
+# Activation names every model's `act=` option takes, each a constructor of a fresh module.
+ACTIVATIONS = {
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
     "relu": nn.ReLU,
     "silu": nn.SiLU,
 }
+NORMS = ("layer", "rms")
 
 
 def _choice(name: str, value: str, options) -> None:
@@ -23,8 +25,16 @@ def _choice(name: str, value: str, options) -> None:
         raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
 
 
+def make_act(name: str) -> nn.Module:
+    """A new activation module by name: one of `ACTIVATIONS` ("gelu", "gelu_tanh", "relu",
+    "silu"); ValueError naming the choices otherwise."""
+    _choice("act", name, ACTIVATIONS)
+    return ACTIVATIONS[name]()
+
+
 def make_norm(kind: str, dim: int, eps: float = 1e-6) -> nn.Module:
-    _choice("norm", kind, ("layer", "rms"))
+    """LayerNorm (kind="layer") or RMSNorm (kind="rms") over the last dim `dim`."""
+    _choice("norm", kind, NORMS)
     return nn.LayerNorm(dim, eps=eps) if kind == "layer" else nn.RMSNorm(dim, eps=eps)
 
 
@@ -34,9 +44,8 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, out_dim: int | None = None, *,
                  act: str = "gelu", bias: bool = True, drop: float = 0.0):
         super().__init__()
-        _choice("act", act, _ACTIVATIONS)
         self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.act = _ACTIVATIONS[act]()
+        self.act = make_act(act)
         self.fc2 = nn.Linear(hidden_dim, out_dim or dim, bias=bias)
         self.drop = nn.Dropout(drop)
 

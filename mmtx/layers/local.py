@@ -20,6 +20,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .config import fused_attn_enabled
+from .masks import in_window
+
 _CHUNK = 1 << 22  # scores per chunk of blocks (16 MiB in fp32)
 
 
@@ -45,9 +48,7 @@ def _check(q, k, v, window, global_positions):
 def _attend(q, k, v, mask, scale):
     """softmax(q k^T * scale, where mask) v; every row has a visible key. Fused unless the global
     switch (`use_fused_attn(False)`) asks for the explicit math."""
-    from . import attention  # deferred: attention imports this module for its `window` option
-
-    if attention._USE_FUSED:
+    if fused_attn_enabled():
         # mask (n, b, span) as (1, n, b, span): a 3-D mask would send PyTorch's CPU dispatch
         # to its slow math fallback instead of the flash kernel.
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)
@@ -92,7 +93,7 @@ def local_attention(
 
     # Within a block, query r and window key c are r - c + b positions apart, whatever the block.
     d = torch.arange(b, device=dev)[:, None] + b - torch.arange(span, device=dev)  # (b, span)
-    in_window = ((d >= 0) & (d < window)) if causal else (d.abs() < window)
+    visible = in_window(d, window, causal)
 
     def allowed(s, e):
         """(e - s, b, span) True where a query of blocks s..e-1 may see a key of its window."""
@@ -100,7 +101,7 @@ def local_attention(
         qi = torch.arange(s, e, device=dev)[:, None] * b + torch.arange(b, device=dev)
         # Padded queries (qi >= L) are dropped at the end; letting them see every real key of
         # their block keeps their softmax rows finite, so no NaN reaches the backward pass.
-        return ((kj >= 0) & (kj < L))[:, None, :] & (in_window | (qi >= L)[:, :, None])
+        return ((kj >= 0) & (kj < L))[:, None, :] & (visible | (qi >= L)[:, :, None])
 
     if pos is not None:
         # Global keys join every block's window, except where the window already holds them (a
@@ -109,8 +110,8 @@ def local_attention(
         kg = k[..., pos, :].reshape(bh, 1, G, E)  # (BH, 1, G, E)
         vg = v[..., pos, :].reshape(bh, 1, G, -1)  # (BH, 1, G, Ev)
         dg = torch.arange(nb * b, device=dev)[:, None] - pos[None, :]  # (nb*b, G)
-        g_in_window = ((dg >= 0) & (dg < window)) if causal else (dg.abs() < window)
-        g_allowed = (~g_in_window & (dg >= 0)) if causal else ~g_in_window
+        g_visible = in_window(dg, window, causal)
+        g_allowed = (~g_visible & (dg >= 0)) if causal else ~g_visible
 
     # Blocks go through in chunks of about _CHUNK scores: each chunk is one fused attention
     # call with the blocks as its "heads", and no more than a chunk's scores exist at once.

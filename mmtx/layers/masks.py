@@ -42,6 +42,15 @@ def padding_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Ten
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def in_window(offset: torch.Tensor, window: int, causal: bool = False) -> torch.Tensor:
+    """The sliding-window rule, for every pattern and fast path that has one.
+
+    `offset` holds query position minus key position (i - j), any shape; True where the query
+    sees the key: |i - j| < window, or 0 <= i - j < window when causal.
+    """
+    return ((offset >= 0) & (offset < window)) if causal else (offset.abs() < window)
+
+
 def sliding_window_mask(
     length: int, window: int, causal: bool = False, device=None
 ) -> torch.Tensor:
@@ -53,7 +62,7 @@ def sliding_window_mask(
     _positive("length", length)
     _positive("window", window)
     d = torch.arange(length, device=device)[:, None] - torch.arange(length, device=device)[None, :]
-    return (d >= 0) & (d < window) if causal else d.abs() < window
+    return in_window(d, window, causal)  # d (length, length): query minus key position
 
 
 def global_local_mask(

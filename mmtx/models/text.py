@@ -9,10 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from mmtx.layers import Decoder, Encoder, RotaryEmbedding, sinusoidal_encoding
-from mmtx.layers.blocks import _ACTIVATIONS
-
-from .generation import beam_search, check_sampling_args, sample_next
+from ..layers import Decoder, Encoder, RotaryEmbedding, make_act, sinusoidal_encoding
+from .decoding import beam_search, check_sampling_args, sample_next
 from .registry import register_model
 
 POSITIONS = ("learned", "sinusoidal", "rope")
@@ -95,7 +93,7 @@ class MLMHead(nn.Module):
     def __init__(self, dim: int, embedding: nn.Embedding, act: str, norm_eps: float):
         super().__init__()
         self.dense = nn.Linear(dim, dim)
-        self.act = _ACTIVATIONS[act]()
+        self.act = make_act(act)
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.embedding = [embedding]  # a list, so the tied weight is not registered twice
         self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))

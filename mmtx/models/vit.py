@@ -20,10 +20,10 @@ from ..layers import (
     Intermediates,
     LearnedPositionEmbedding,
     PatchEmbed,
+    make_norm,
     resize_grid_table,
     sincos_2d_encoding,
 )
-from ..layers.blocks import make_norm
 from .registry import register_model
 
 _POOLS = ("token", "avg", "max", "avgmax")
