@@ -30,7 +30,7 @@ def _run(args) -> None:
 
 
 def _demo(args) -> None:
-    from .layers.demo import main as demo_main
+    from .viz.demo import main as demo_main
 
     demo_main(out=args.out)
 

@@ -207,7 +207,7 @@ def test_block_bad_choices():
 
 
 def test_demo_prints_worked_example_and_saves_png(tmp_path, capsys):
-    from mmtx.layers.demo import main, sentence_maps
+    from mmtx.viz.demo import main, sentence_maps
 
     path = main(tmp_path / "demo.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

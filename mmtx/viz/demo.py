@@ -1,6 +1,6 @@
 """Attention by hand: the study material's worked example, step by step, and a heatmap PNG.
 
-    python -m mmtx.layers.demo [--out attention_demo.png]     (or: mmtx demo)
+    python -m mmtx.viz.demo [--out attention_demo.png]     (or: mmtx demo)
 
 The study material prints wrong numbers for this example; the ones below are computed, and
 tests/test_attention.py checks them against values worked out by hand.
@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .attention import scaled_dot_product_attention
-from .position import sinusoidal_encoding
+from ..layers import scaled_dot_product_attention, sinusoidal_encoding
 
 QUERY = [[0.1, 0.2]]
 KEYS = [[0.3, 0.4], [0.1, 0.2], [0.5, 0.6]]
