@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmtx import experiments
+from mmtx.experiments import grid
 from mmtx.data import build_dataset
 from mmtx.experiments import load_experiment, run_experiment
 
@@ -87,7 +87,7 @@ def test_bad_experiment_files(tmp_path):
 def test_overrides_and_run_config():
     exp = load_experiment(QUICK, ["base.train.max_steps=2", "grid.0.seed=[3]"])
     assert exp.base["train"]["max_steps"] == 2
-    cfg = experiments.run_config(exp, exp.runs[0])
+    cfg = grid.run_config(exp, exp.runs[0])
     assert cfg["train"]["seed"] == 3 and cfg["model"]["name"] == "convnet_small"
     assert cfg["logging"]["group"] == "cnn_vs_vit_quick"
 
@@ -99,4 +99,4 @@ def test_unfinished_run_of_another_model_is_not_resumed(tmp_path):
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("model: {name: resnet18_small, args: {}}\n")
     with pytest.raises(ValueError, match="another model config"):
-        experiments._execute(exp, run, tmp_path, 0)
+        grid.execute(exp, run, tmp_path, 0)

@@ -9,7 +9,7 @@ from mmtx.data import build_dataset
 from mmtx.data.text import RecallDataset, Seq2SeqDataset, TextLMDataset, apple_sentences
 from mmtx.models import create_model
 from mmtx.models.rnn import LSTMModel
-from mmtx.train.text_tasks import NUM_SPECIALS, MaskedLMTask
+from mmtx.train.tasks.text import NUM_SPECIALS, MaskedLMTask
 
 
 def test_recall_label_is_the_token_distance_back():
@@ -115,14 +115,14 @@ def test_seq2seq_task_learns_in_a_tiny_run(tmp_path):
 def test_rnn_vs_transformer_runner_tiny(tmp_path):
     """The study end to end at toy scale: every (model, distance) trained once, the timing
     table, the probe per layer, the plots, and a rerun that reuses finished runs."""
-    from mmtx.text_experiments import run_rnn_vs_transformer
+    from mmtx.experiments import run_experiment
 
     spec = Path(__file__).parents[1] / "experiments" / "rnn_vs_transformer.yaml"
     overrides = ["distances=[2,4]", "seeds=[0]", "base.train.max_steps=3",
                  "base.data.args.num_samples=64",
                  "timing.lengths=[8,16]", "timing.repeats=1", "probe.sentences=16",
                  "probe.corpus_sentences=200", "probe.config.train.max_steps=3"]
-    res = run_rnn_vs_transformer(spec, tmp_path, overrides)
+    res = run_experiment(spec, tmp_path, overrides)
     assert sorted((r["model"], r["distance"]) for r in res["recall"]) == [
         ("LSTM", 2), ("LSTM", 4), ("Transformer", 2), ("Transformer", 4)]
     assert {(r["model"], r["length"]) for r in res["time_per_step"]} == {
@@ -136,5 +136,5 @@ def test_rnn_vs_transformer_runner_tiny(tmp_path):
         assert f"{100 * r['test_accuracy']:.1f}%" in report
     for name in ("rnn_vs_transformer.png", "apple_probe.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 0
-    again = run_rnn_vs_transformer(spec, tmp_path, overrides)
+    again = run_experiment(spec, tmp_path, overrides)
     assert again["recall"] == res["recall"]  # finished runs are read back, not retrained

@@ -1,6 +1,5 @@
 """The training engine: Accelerate loop, tasks, configs, checkpoints, loggers."""
 
-from . import text_tasks  # noqa: F401  registers the text tasks
 from .checkpoint import latest_checkpoint, list_checkpoints, load_weights, save_weights
 from .config import Config, apply_overrides, load_config
 from .engine import NonFiniteLossError, Trainer, TrainingInterrupted, train

@@ -122,8 +122,9 @@ def _valid_keys(cls, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown(key: str, cls) -> ValueError:
-    valid = _valid_keys(Config)
+def _unknown(key: str, root=None) -> ValueError:
+    """An error naming `key` and the nearest valid keys of the dataclass `root` (a Config)."""
+    valid = _valid_keys(root or Config)
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     if not close:  # e.g. "optim.learning_rate": compare the last part with each section's keys
         section = key.split(".")[0]
@@ -206,8 +207,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _merge(obj, data: dict, prefix: str = "") -> None:
-    """Set fields of dataclass `obj` from a nested dict, checking keys and coercing types."""
+def merge_dataclass(obj, data: dict, prefix: str = "", root=None) -> None:
+    """Set fields of dataclass `obj` from a nested dict, checking keys and coercing types.
+
+    An unknown key is an error naming the nearest valid keys of `root` (default: obj's class),
+    so the same typed reading serves training configs and experiment files."""
+    root = root or type(obj)
     if not isinstance(data, dict):
         raise ValueError(f"config section {prefix.rstrip('.') or '<root>'!r}: expected a mapping, "
                          f"got {data!r}")
@@ -215,10 +220,10 @@ def _merge(obj, data: dict, prefix: str = "") -> None:
     for name, value in data.items():
         key = f"{prefix}{name}"
         if name not in hints:
-            raise _unknown(key, type(obj))
+            raise _unknown(key, root)
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, f"{key}.")
+            merge_dataclass(current, value, f"{key}.", root)
         else:
             setattr(obj, name, _coerce(value, hints[name], key))
 
@@ -243,21 +248,22 @@ def apply_overrides(config: Config, overrides: list[str] | None) -> Config:
         while i < len(parts) - 1 and dataclasses.is_dataclass(obj):
             hints = typing.get_type_hints(type(obj))
             if parts[i] not in hints:
-                raise _unknown(".".join(parts), type(obj))
+                raise _unknown(".".join(parts))
             nxt = getattr(obj, parts[i])
             if not dataclasses.is_dataclass(nxt):
                 break
             obj, i = nxt, i + 1
         rest = parts[i:]
         if dataclasses.is_dataclass(obj) and len(rest) == 1:
-            _merge(obj, {rest[0]: value}, ".".join(parts[:i]) + ("." if i else ""))
+            merge_dataclass(obj, {rest[0]: value}, ".".join(parts[:i]) + ("." if i else ""),
+                            Config)
         elif isinstance(getattr(obj, rest[0], None), dict):
             target = getattr(obj, rest[0])
             for p in rest[1:-1]:  # nested free-form dicts: model.args.block.depth=2
                 target = target.setdefault(p, {})
             target[rest[-1]] = value
         else:
-            raise _unknown(".".join(parts), type(obj))
+            raise _unknown(".".join(parts))
     validate(config)
     return config
 
@@ -303,7 +309,7 @@ def validate(config: Config) -> None:
 
 def config_from_dict(data: dict | None) -> Config:
     config = Config()
-    _merge(config, data or {})
+    merge_dataclass(config, data or {})
     validate(config)
     return config
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..data import build_dataset, collate
+
 
 class EpochSampler(Sampler):
     """A permutation of range(n) drawn from seed + epoch. Yields (epoch, index) pairs, so
@@ -60,22 +62,13 @@ class SeededItems(Dataset):
             torch.set_rng_state(state)
 
 
-def default_collate_fn():
-    try:  # the data package's collate knows about captions, padding, etc.
-        from mmtx.data import collate
-        return collate
-    except ImportError:
-        from torch.utils.data import default_collate
-        return default_collate
-
-
 def make_loader(dataset, batch_size: int, *, seed: int, train: bool, num_workers: int = 0,
                 collate_fn=None) -> tuple[DataLoader, EpochSampler]:
     sampler = EpochSampler(len(dataset), seed, shuffle=train)
     loader = DataLoader(
         SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler,
         drop_last=train,  # equal-size train batches: the step count and loss scale never vary
-        num_workers=num_workers, collate_fn=collate_fn or default_collate_fn(),
+        num_workers=num_workers, collate_fn=collate_fn or collate,
         generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
         persistent_workers=False,
     )
@@ -98,11 +91,6 @@ def build_datasets(data_cfg, seed: int, data=None) -> dict:
                 raise ValueError("data: a mapping of splits needs a 'train' dataset")
             return {k: data.get(k) for k in splits}
         return {"train": data, "val": None, "test": None}
-    try:
-        from mmtx.data import build_dataset
-    except ImportError as e:
-        raise ValueError(f"data.name {data_cfg.name!r} needs mmtx.data, which failed to import "
-                         f"({e}); pass dataset objects to train(..., data=...) instead") from e
     data_seed = seed if data_cfg.seed is None else data_cfg.seed
     augment = {True: "light", False: "none"}.get(data_cfg.augment, data_cfg.augment)
     out = {}

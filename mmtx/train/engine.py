@@ -69,13 +69,13 @@ class Trainer:
         # Accelerate keeps one global state per process; a second training in the same process
         # (tests, the experiment runner) may differ in precision, so start it afresh.
         AcceleratorState._reset_state(reset_partial_state=False)
-        self.acc = Accelerator(
+        self.accelerator = Accelerator(
             mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.precision],
             cpu=on_cpu, log_with=["wandb"] if use_wandb else None, project_dir=str(self.run_dir),
             step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves
             dynamo_backend="inductor" if t.compile else "no",
         )
-        self.main = self.acc.is_main_process
+        self.main = self.accelerator.is_main_process
         if t.threads:
             torch.set_num_threads(t.threads)
         set_seed(t.seed)  # same initial weights on every process
@@ -91,18 +91,20 @@ class Trainer:
 
         d = cfg.data
         eval_bs = d.eval_batch_size or 2 * d.batch_size
+        collate = self.task.collate_fn(self.datasets["train"])
         train_loader, self.sampler = make_loader(self.datasets["train"], d.batch_size, seed=t.seed,
-                                                 train=True, num_workers=d.num_workers)
+                                                 train=True, num_workers=d.num_workers,
+                                                 collate_fn=collate)
         loaders = {s: make_loader(self.datasets[s], eval_bs, seed=t.seed, train=False,
-                                  num_workers=d.num_workers)[0]
+                                  num_workers=d.num_workers, collate_fn=collate)[0]
                    for s in ("val", "test") if self.datasets[s] is not None}
         optimizer = build_optimizer(model, cfg.optim)
 
-        self.model, self.optimizer, self.train_loader = self.acc.prepare(
+        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(
             model, optimizer, train_loader)
-        self.eval_loaders = {s: self.acc.prepare(dl) for s, dl in loaders.items()}
+        self.eval_loaders = {s: self.accelerator.prepare(dl) for s, dl in loaders.items()}
         if len(self.train_loader) == 0:
-            raise ValueError(f"data.batch_size {d.batch_size} x {self.acc.num_processes} "
+            raise ValueError(f"data.batch_size {d.batch_size} x {self.accelerator.num_processes} "
                              f"processes is larger than the training set "
                              f"({len(self.datasets['train'])} items)")
         accum = cfg.optim.grad_accum
@@ -110,13 +112,13 @@ class Trainer:
             self.total_steps = t.max_steps
         else:
             self.total_steps = max(1, math.ceil(t.epochs * len(self.train_loader) / accum))
-        self.scheduler = self.acc.prepare(build_scheduler(self.optimizer.optimizer, cfg.optim,
-                                                          self.total_steps))
+        self.scheduler = self.accelerator.prepare(
+            build_scheduler(self.optimizer.optimizer, cfg.optim, self.total_steps))
         self.ema = None
         if t.ema is not None:
             from timm.utils import ModelEmaV3
-            self.ema = ModelEmaV3(self.acc.unwrap_model(self.model), decay=t.ema)
-        self.global_batch = d.batch_size * self.acc.num_processes * accum
+            self.ema = ModelEmaV3(self.accelerator.unwrap_model(self.model), decay=t.ema)
+        self.global_batch = d.batch_size * self.accelerator.num_processes * accum
         self._interrupted = False
 
     # ---------------------------------------------------------------- state and resume
@@ -135,7 +137,7 @@ class Trainer:
             for stale in ckpt.checkpoints_dir(self.run_dir).glob(".tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
         if latest is not None and mode in (True, "auto"):
-            state.update(ckpt.load_checkpoint(self.acc, latest, ema=self.ema))
+            state.update(ckpt.load_checkpoint(self.accelerator, latest, ema=self.ema))
             state["resumed_from"] = state["step"]
             if self.main:
                 print(f"resuming from {latest} (step {state['step']})")
@@ -144,8 +146,8 @@ class Trainer:
         return state
 
     def _save(self, state: dict) -> Path:
-        return ckpt.save_checkpoint(self.acc, self.run_dir, state["step"], state, ema=self.ema,
-                                    keep_last=self.cfg.train.keep_last)
+        return ckpt.save_checkpoint(self.accelerator, self.run_dir, state["step"], state,
+                                    ema=self.ema, keep_last=self.cfg.train.keep_last)
 
     # ---------------------------------------------------------------- data
     def _micro_batches(self, epoch: int, pos: int):
@@ -158,7 +160,7 @@ class Trainer:
             # pass; setting it here keeps both equal to our epoch, also after a resume.
             self.train_loader.set_epoch(epoch)
             self.sampler.set_epoch(epoch)
-            loader = (self.acc.skip_first_batches(self.train_loader, pos) if pos
+            loader = (self.accelerator.skip_first_batches(self.train_loader, pos) if pos
                       else self.train_loader)
             for batch in loader:
                 pos += 1
@@ -178,11 +180,11 @@ class Trainer:
         bar = tqdm(loader, desc=f"eval {split}", leave=False,
                    disable=not (self.main and self.cfg.logging.progress))
         for batch in bar:
-            with self.acc.autocast():
+            with self.accelerator.autocast():
                 out = self.task.eval_step(model, batch)
             if first is None:
                 first = (batch, out)
-            out = self.acc.gather_for_metrics(out)  # drops the padding of the last batch
+            out = self.accelerator.gather_for_metrics(out)  # drops the padding of the last batch
             for k, v in out.items():
                 chunks[k].append(v.detach().cpu())
         self.model.train()
@@ -202,14 +204,14 @@ class Trainer:
 
     def fit(self) -> dict:
         t0 = time.perf_counter()
-        cfg, acc = self.cfg, self.acc
+        cfg, accel = self.cfg, self.accelerator
         state = self._resume()
         self.state = state  # the loop's progress, read by evaluation logs (training time)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.main:
             cfg.save(self.run_dir / "config.yaml")
-        acc.wait_for_everyone()
-        log = RunLogger(acc, self.run_dir, cfg, run_id=state["wandb_run_id"],
+        accel.wait_for_everyone()
+        log = RunLogger(accel, self.run_dir, cfg, run_id=state["wandb_run_id"],
                         resume_step=state["step"])
         self.log = log
         old_handler = None
@@ -224,8 +226,8 @@ class Trainer:
         return result
 
     def _fit(self, state: dict, log: RunLogger, t0: float) -> dict:
-        cfg, acc, t = self.cfg, self.acc, self.cfg.train
-        accum, rank = cfg.optim.grad_accum, acc.process_index
+        cfg, accel, t = self.cfg, self.accelerator, self.cfg.train
+        accum, rank = cfg.optim.grad_accum, accel.process_index
         batches = self._micro_batches(state["epoch"], state["batch_in_epoch"])
         unit = self.task.unit
         bar = tqdm(total=self.total_steps, initial=state["step"], desc="train", dynamic_ncols=True,
@@ -239,22 +241,22 @@ class Trainer:
             step = state["step"]  # steps done so far; this one is number step + 1
             _seed_step(t.seed, step, rank)
             tic = time.perf_counter()
-            loss_sum = torch.zeros((), device=acc.device)
+            loss_sum = torch.zeros((), device=accel.device)
             metric_sums: dict[str, torch.Tensor] = {}
             items = 0
             for k in range(accum):
                 epoch, pos, batch = next(batches)
-                sync = acc.no_sync(self.model) if k < accum - 1 else nullcontext()
+                sync = accel.no_sync(self.model) if k < accum - 1 else nullcontext()
                 with sync:
                     loss, metrics = self.task.step(self.model, batch)
-                    acc.backward(loss / accum)
+                    accel.backward(loss / accum)
                 loss_sum += loss.detach().float()
                 for name, v in metrics.items():
                     metric_sums[name] = metric_sums.get(name, 0) + v.detach().float() / accum
                 items += self.task.count(batch)
             # One small all-reduce tells every process about a NaN or a Ctrl-C on any of them.
-            flags = acc.reduce(torch.tensor([0.0 if torch.isfinite(loss_sum) else 1.0,
-                                             float(self._interrupted)], device=acc.device), "sum")
+            flags = accel.reduce(torch.tensor([0.0 if torch.isfinite(loss_sum) else 1.0,
+                                             float(self._interrupted)], device=accel.device), "sum")
             if flags[0] > 0:
                 last = ckpt.latest_checkpoint(self.run_dir)
                 msg = (f"loss is {loss_sum.item() / accum} (not finite) at step {step + 1}; "
@@ -265,17 +267,17 @@ class Trainer:
                 raise NonFiniteLossError(msg)
             grad_norm = None
             if cfg.optim.clip_grad:
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+                grad_norm = accel.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
-                self.ema.update(acc.unwrap_model(self.model), step=step)
+                self.ema.update(accel.unwrap_model(self.model), step=step)
             state.update(step=step + 1, epoch=epoch, batch_in_epoch=pos)
             step += 1
             dt = time.perf_counter() - tic
-            global_items = items * acc.num_processes
+            global_items = items * accel.num_processes
             window_items += global_items
             session_items += global_items
             window_time += dt
@@ -291,7 +293,7 @@ class Trainer:
 
             if step % max(1, t.log_every) == 0 or step == self.total_steps:
                 names = sorted(window)
-                vals = acc.reduce(torch.stack([torch.as_tensor(window[n], device=acc.device)
+                vals = accel.reduce(torch.stack([torch.as_tensor(window[n], device=accel.device)
                                                for n in names]) / window_n, "mean")
                 last_metrics = {f"train/{n}": float(v) for n, v in zip(names, vals)}
                 last_metrics.update({"lr": lr, f"train/{unit}_per_s": window_items / window_time,
@@ -334,13 +336,13 @@ class Trainer:
         step, unit = state["step"], self.task.unit
         val = self._eval_and_log("val", step, log)
         test = self._eval_and_log("test", step, log)
-        final_model = self.acc.unwrap_model(self.eval_model())
+        final_model = self.accelerator.unwrap_model(self.eval_model())
         summary = {
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "task": self.task.name,
             "seed": self.cfg.train.seed, "fraction": self.cfg.data.fraction,
             "steps": step, "epochs": state["epoch"] + state["batch_in_epoch"] / len(
                 self.train_loader),
-            "precision": self.precision, "num_processes": self.acc.num_processes,
+            "precision": self.precision, "num_processes": self.accelerator.num_processes,
             "global_batch_size": self.global_batch, "params": self.params,
             f"train_{unit}_per_s": session_items / session_time if session_time else None,
             "train_s": state["train_s"], "wall_s": time.perf_counter() - t0,
@@ -348,54 +350,21 @@ class Trainer:
             "run_dir": str(self.run_dir), "wandb_run_id": state["wandb_run_id"],
         }
         summary.update({k: v for k, v in last_metrics.items() if k.startswith("train/")})
-        for split, res in (("val", val), ("test", test)):
-            for k, v in res.items():
-                if isinstance(v, (int, float)):
-                    summary[f"{split}/{k}"] = v
-            if "acc" in res:
-                summary[f"{split}_accuracy"] = res["acc"]
-        predictions = []
-        if "predictions" in test:
-            predictions = [{"index": i, "label": y, "pred": p} for i, (y, p) in
-                           enumerate(zip(test["labels"], test["predictions"]))]
+        results = {split: res for split, res in (("val", val), ("test", test)) if res}
+        for split, res in results.items():
+            summary.update({f"{split}/{k}": v for k, v in res.items()
+                            if isinstance(v, (int, float))})
+        summary.update(self.task.summary(results))
+        extra = {}
         if self.main:
             ckpt.save_weights(final_model, self.run_dir / "model.safetensors")
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-            if test:
-                extra = {k: v for k, v in test.items() if not isinstance(v, (int, float))}
-                (self.run_dir / "test_predictions.json").write_text(json.dumps(
-                    {"predictions": predictions, **{k: v for k, v in extra.items()
-                                                    if k not in ("predictions", "labels")}}))
-                if predictions:
-                    log.log_table("test/predictions", ["index", "label", "pred"],
-                                  [[r["index"], r["label"], r["pred"]] for r in predictions],
-                                  step)
-                    log.log_confusion("test/confusion", test["labels"], test["predictions"],
-                                      self.task.__dict__.get("class_names"), step)
-            self._log_attention(final_model, log, step)
+            extra = self.task.artefacts(final_model, self.datasets, results, self.run_dir, log,
+                                        step)
             log.summary(summary)
-        self.acc.wait_for_everyone()
-        return {**summary, "model_module": final_model, "test_predictions": predictions,
-                "val_result": val, "test_result": test}
-
-
-    def _log_attention(self, model, log: RunLogger, step: int) -> None:
-        """Attention rollout over a few test images, for ViT-like models, to W&B."""
-        ds = self.datasets["test"] or self.datasets["val"]
-        if not (log.wandb_on and self.cfg.logging.log_images and ds is not None
-                and hasattr(model, "forward_features") and hasattr(model, "patch_embed")):
-            return
-        try:
-            from ..viz.rollout import plot_rollout, rollout_maps
-            images = torch.stack([ds[i]["image"] for i in range(min(8, len(ds)))])
-            device = next(model.parameters()).device
-            model.eval()
-            with torch.no_grad():
-                maps = rollout_maps(model, images.to(device)).cpu()
-            path = plot_rollout(images, maps, self.run_dir / "attention_rollout.png")
-            log.log_examples("test/attention_rollout", [(None, str(path))], step)
-        except Exception as e:  # a picture is never worth a failed run
-            warnings.warn(f"attention rollout for W&B failed: {e}", stacklevel=2)
+        self.accelerator.wait_for_everyone()
+        return {**summary, **extra, "model_module": final_model, "val_result": val,
+                "test_result": test}
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -409,8 +378,9 @@ def train(config, run_dir=None, resume=None, *, overrides=None, data=None, model
     resume: None (use config.train.resume), True, False or "auto".
     data: optional dataset object (training split) or {"train", "val", "test"} mapping used
     instead of building data.name; model: optional nn.Module used instead of model.name.
-    The returned dict also holds "model_module" (the trained model, EMA weights when EMA is on)
-    and "test_predictions" (a list of {index, label, pred}).
+    The returned dict also holds "model_module" (the trained model, EMA weights when EMA is on),
+    "val_result" and "test_result" (the task's whole-split evaluations) and, on the main
+    process, what the task's `artefacts` returned (classification: "test_predictions").
     """
     cfg = load_config(config, overrides)
     if resume is not None:

@@ -46,7 +46,7 @@ class RunLogger:
     """Logs from every process may call; only the main process writes."""
 
     def __init__(self, accelerator, run_dir: Path, cfg, *, run_id: str | None, resume_step: int):
-        self.acc, self.run_dir, self.cfg = accelerator, Path(run_dir), cfg
+        self.accelerator, self.run_dir, self.cfg = accelerator, Path(run_dir), cfg
         self.main = accelerator.is_main_process
         self.path = self.run_dir / "metrics.jsonl"
         self.wandb_on = False
@@ -76,10 +76,10 @@ class RunLogger:
                 "mode": wandb_mode(lc.mode), "group": lc.group, "name": lc.name,
                 "tags": list(lc.tags) or None, "entity": lc.entity}
         try:
-            self.acc.init_trackers(lc.project, config=self.cfg.to_dict(),
+            self.accelerator.init_trackers(lc.project, config=self.cfg.to_dict(),
                                    init_kwargs={"wandb": {k: v for k, v in init.items()
                                                           if v is not None}})
-            self.wandb_on = any(t.name == "wandb" for t in self.acc.trackers)
+            self.wandb_on = any(t.name == "wandb" for t in self.accelerator.trackers)
         except Exception as e:
             self._wandb_failed(e)
 
@@ -89,8 +89,13 @@ class RunLogger:
         self.wandb_on = False
 
     @property
+    def log_images(self) -> bool:
+        """Whether images are wanted in the dashboard (W&B on and logging.log_images)."""
+        return self.main and self.wandb_on and self.cfg.logging.log_images
+
+    @property
     def wandb_run(self):
-        return self.acc.get_tracker("wandb", unwrap=True) if self.wandb_on else None
+        return self.accelerator.get_tracker("wandb", unwrap=True) if self.wandb_on else None
 
     def log(self, metrics: dict, step: int) -> None:
         if not self.main:
@@ -104,7 +109,7 @@ class RunLogger:
             f.write(json.dumps(row) + "\n")
         if self.wandb_on:
             try:
-                self.acc.log({k: v for k, v in row.items() if k != "step"}, step=step)
+                self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             except Exception as e:
                 self._wandb_failed(e)
 
@@ -126,7 +131,8 @@ class RunLogger:
         if not (self.main and self.wandb_on and rows):
             return
         try:
-            self.acc.get_tracker("wandb").log_table(name, columns=columns, data=rows, step=step)
+            self.accelerator.get_tracker("wandb").log_table(name, columns=columns, data=rows,
+                                                            step=step)
         except Exception as e:
             self._wandb_failed(e)
 
@@ -153,7 +159,7 @@ class RunLogger:
     def finish(self) -> None:
         if self.wandb_on:
             try:
-                self.acc.end_training()
+                self.accelerator.end_training()
             except Exception as e:
                 self._wandb_failed(e)
             self.wandb_on = False

@@ -49,6 +49,11 @@ def attention_rollout(attn_maps, head_fusion: str = "mean",
     return rollout
 
 
+def supports_rollout(model) -> bool:
+    """Whether `rollout_maps` can read `model`: a patch-token model returning attention maps."""
+    return callable(getattr(model, "forward_features", None)) and hasattr(model, "patch_embed")
+
+
 @torch.no_grad()
 def rollout_maps(model, images: torch.Tensor, head_fusion: str = "mean",
                  discard_ratio: float = 0.0) -> torch.Tensor:

@@ -14,35 +14,66 @@
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-_KEYS = ("kind", "name", "description", "base", "models", "distances", "seeds", "timing",
-         "probe")
+from . import cache
+from .pool import Job, is_main_process, run_jobs
+from .registry import register_kind
+from .report import write_report
 
 
-def load_study(path, overrides=()) -> dict:
-    from .experiments import read_spec
-
-    spec = read_spec(path, overrides, _KEYS)
-    if not spec.get("models") or not spec.get("distances"):
-        raise ValueError(f"{path}: 'models' and 'distances' must be non-empty lists")
-    return spec
+@dataclass
+class Timing:
+    lengths: list[int] = field(default_factory=lambda: [64, 256, 1024])
+    batch: int = 16
+    repeats: int = 5
 
 
-def _train_recall(spec, model, distance, seed, out: Path) -> dict:
-    from .train import train
+@dataclass
+class ProbeSpec:
+    sentences: int = 200  # probe sentences to fit on, and as many to score on
+    corpus_sentences: int = 4000  # the encoder's training corpus
+    config: dict = field(default_factory=dict)  # the masked-LM training config
+
+
+@dataclass
+class RnnVsTransformerSpec:
+    kind: str = "rnn_vs_transformer"
+    name: str = ""
+    description: str = ""
+    base: dict = field(default_factory=dict)  # training config shared by the recall runs
+    models: list[dict] = field(default_factory=list)  # {name, label, args}
+    distances: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    jobs: int = 1
+    timing: Timing = field(default_factory=Timing)
+    probe: ProbeSpec | None = None
+
+
+def _check(spec: RnnVsTransformerSpec) -> None:
+    if not spec.models or not spec.distances:
+        raise ValueError(f"{spec.name}: 'models' and 'distances' must be non-empty lists")
+    for m in spec.models:
+        if not isinstance(m, dict) or "name" not in m or "label" not in m:
+            raise ValueError(f"{spec.name}: each model needs 'name' and 'label', got {m!r}")
+
+
+def train_recall(spec: RnnVsTransformerSpec, model: dict, distance: int, seed: int,
+                 out: Path) -> dict:
+    """One recall run (or its stored result)."""
+    from ..train import train
 
     run_dir = out / "runs" / f"{model['label']}-d{distance}-s{seed}"
-    done = run_dir / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    cfg = copy.deepcopy(spec.get("base") or {})
+    done = cache.finished(run_dir)
+    if done is not None:
+        return done
+    cfg = copy.deepcopy(spec.base)
     cfg.setdefault("model", {}).update(name=model["name"], args=dict(model.get("args") or {}))
     data = cfg.setdefault("data", {})
     data.update(name="recall", args={**data.get("args", {}), "distance": distance})
@@ -53,20 +84,21 @@ def _train_recall(spec, model, distance, seed, out: Path) -> dict:
     result = {"model": model["label"], "distance": distance, "seed": seed,
               "test_accuracy": res["test_accuracy"], "steps": res["steps"],
               "train_s": res["train_s"], "s_per_epoch": res["train_s"] / epochs,
-              "s_per_step": res["train_s"] / max(1, res["steps"]), "params": res["params"]}
-    done.write_text(json.dumps(result, indent=1))
-    return result
+              "s_per_step": res["train_s"] / max(1, res["steps"]), "params": res["params"],
+              "wall_s": res["wall_s"]}
+    return cache.store(run_dir, result) if is_main_process() else result
 
 
-def time_per_step(spec, lengths, batch: int = 16, repeats: int = 5) -> list[dict]:
+def time_per_step(spec: RnnVsTransformerSpec, lengths, batch: int = 16,
+                  repeats: int = 5) -> list[dict]:
     """Median seconds of one training step (forward, backward, AdamW) per model and length,
     interleaved so that machine load hits every model alike."""
-    from .models import create_model
+    from ..models import create_model
 
     rows = []
     for length in lengths:
         models = {}
-        for m in spec["models"]:
+        for m in spec.models:
             torch.manual_seed(0)
             args = {**(m.get("args") or {}), "vocab_size": 8, "num_classes": 8,
                     "max_len": length}
@@ -103,7 +135,7 @@ def _apple_features(model, tokenizer, sentences) -> list:
     return [torch.stack(layer).numpy() for layer in zip(*per_sentence)]
 
 
-def apple_probe(probe: dict, out: Path) -> dict:
+def apple_probe(probe: ProbeSpec, out: Path) -> dict:
     """Train an encoder with masked LM on apple sentences, then probe "apple" embeddings.
 
     The probe (logistic regression, fruit vs company) is fit on sentences using the first three
@@ -118,20 +150,20 @@ def apple_probe(probe: dict, out: Path) -> dict:
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
-    from .data.text import TextLMDataset, apple_sentences
-    from .train import train
+    from ..data.text import TextLMDataset, apple_sentences
+    from ..train import train
 
-    cfg = copy.deepcopy(probe["config"])
+    cfg = copy.deepcopy(probe.config)
     # The encoder learns from a corpus of apple sentences in both senses (every slot word);
     # which words go together is all there is to learn about the senses.
     corpus = out / "apple_corpus.txt"
-    corpus.write_text("\n".join(apple_sentences(int(probe.get("corpus_sentences", 4000)),
+    corpus.write_text("\n".join(apple_sentences(probe.corpus_sentences,
                                                  seed=0)[0]) + "\n")
     cfg.setdefault("data", {}).setdefault("args", {})["path"] = str(corpus)
     res = train(cfg, out / "runs" / "apple-mlm", resume="auto")
     trained = res["model_module"]
     tokenizer = TextLMDataset("train", **cfg["data"].get("args", {})).tokenizer
-    n = int(probe.get("sentences", 200))
+    n = probe.sentences
     fit_s, fit_y = apple_sentences(n, seed=1, words=slice(0, 3))
     test_s, test_y = apple_sentences(n, seed=2, words=slice(3, 6))
     torch.manual_seed(0)
@@ -211,31 +243,37 @@ def _plots(acc_rows, step_rows, out: Path) -> None:
     plt.close(fig)
 
 
-def run_rnn_vs_transformer(path, out_dir=None, overrides=()) -> dict:
-    spec = load_study(path, overrides)
-    name = spec.get("name", Path(path).stem)
-    out = Path(out_dir) if out_dir else Path("runs") / name
-    out.mkdir(parents=True, exist_ok=True)
-    acc_rows = []
-    seeds = [int(x) for x in spec.get("seeds") or [0]]
-    for d in spec["distances"]:
-        for m in spec["models"]:
+@register_kind("rnn_vs_transformer", RnnVsTransformerSpec)
+def run_rnn_vs_transformer(spec: RnnVsTransformerSpec, out: Path) -> dict:
+    _check(spec)
+    seeds = list(spec.seeds)
+    jobs = []
+    for d in spec.distances:
+        for m in spec.models:
             for seed in seeds:
-                print(f"[recall] {m['label']} distance {d} seed {seed}", flush=True)
-                acc_rows.append(_train_recall(spec, m, int(d), seed, out))
-    timing = spec.get("timing") or {}
-    step_rows = time_per_step(spec, timing.get("lengths", [64, 256, 1024]),
-                              int(timing.get("batch", 16)), int(timing.get("repeats", 5)))
-    probe = apple_probe(spec["probe"], out) if spec.get("probe") else None
+                run_dir = out / "runs" / f"{m['label']}-d{d}-s{seed}"
+                jobs.append(Job(f"{m['label']} distance {d} seed {seed}", train_recall,
+                                (spec, m, int(d), seed, out), log=run_dir / "train.log",
+                                done=cache.finished(run_dir) is not None))
+    acc_rows = run_jobs(jobs, spec.jobs,
+                        describe=lambda r: f"test accuracy {100 * r['test_accuracy']:.1f}%")
+    if not is_main_process():
+        return {"experiment": spec.name, "out_dir": str(out), "recall": acc_rows}
+    t = spec.timing
+    step_rows = time_per_step(spec, t.lengths, t.batch, t.repeats)
+    probe = None
+    if spec.probe is not None:
+        probe = cache.finished(out / "runs" / "apple-probe")
+        if probe is None:
+            probe = cache.store(out / "runs" / "apple-probe", apple_probe(spec.probe, out))
     _plots(acc_rows, step_rows, out)
 
-    labels = list(dict.fromkeys(m["label"] for m in spec["models"]))
-    md = [f"# {name}", "", (spec.get("description") or "").strip(), "",
-          f"## Accuracy vs distance (test split; chance = 1/8; seeds {seeds})", "",
+    labels = list(dict.fromkeys(m["label"] for m in spec.models))
+    md = [f"## Accuracy vs distance (test split; chance = 1/8; seeds {seeds})", "",
           "| distance | " + " | ".join(f"{lb} acc (per seed) | {lb} s/epoch | {lb} ms/step"
                                         for lb in labels) + " |",
           "|---|" + "---|---|---|" * len(labels)]
-    for d in spec["distances"]:
+    for d in spec.distances:
         cells = []
         for lb in labels:
             rs = [r for r in acc_rows if r["model"] == lb and r["distance"] == int(d)]
@@ -244,7 +282,7 @@ def run_rnn_vs_transformer(path, out_dir=None, overrides=()) -> dict:
                          f"{1000 * statistics.median(r['s_per_step'] for r in rs):.1f}")
         md.append(f"| {d} | " + " | ".join(cells) + " |")
     md += ["", "## Training time per step vs sequence length (batch "
-           f"{timing.get('batch', 16)}, median, interleaved)", "",
+           f"{t.batch}, median, interleaved)", "",
            "| length | " + " | ".join(f"{lb} ms" for lb in labels) + " | ratio |",
            "|---|" + "---|" * (len(labels) + 1)]
     for length in sorted({r["length"] for r in step_rows}):
@@ -254,7 +292,7 @@ def run_rnn_vs_transformer(path, out_dir=None, overrides=()) -> dict:
                   f" | {ms[0] / ms[-1]:.2f} |")
     md += ["", "![accuracy and time](rnn_vs_transformer.png)", ""]
     if probe:
-        n = spec["probe"].get("sentences", 200)
+        n = spec.probe.sentences
         md += ['## Context-aware embeddings: "apple"', "",
                "The word has one token embedding; what the encoder makes of it depends on the "
                "words around it. Sentences share one frame (\"{who} {did} the {what} apple "
@@ -271,11 +309,8 @@ def run_rnn_vs_transformer(path, out_dir=None, overrides=()) -> dict:
         md += ["", f"Masked-LM accuracy of the trained encoder: {100 * probe['mlm_test_acc']:.1f}%."
                if probe.get("mlm_test_acc") is not None else "",
                "", "![apple probe](apple_probe.png)", ""]
-    (out / "report.md").write_text("\n".join(md))
-    (out / "results.json").write_text(json.dumps(
-        {"experiment": name, "recall": acc_rows, "time_per_step": step_rows, "probe": probe},
-        indent=1))
-    print("\n".join(md))
-    print(f"\nreport: {out / 'report.md'}")
-    return {"experiment": name, "out_dir": str(out), "recall": acc_rows,
-            "time_per_step": step_rows, "probe": probe}
+    results = {"experiment": spec.name, "recall": acc_rows, "time_per_step": step_rows,
+               "probe": probe}
+    write_report(out, title=spec.name, description=spec.description, sections=md,
+                 results=results, table="\n".join(md[:len(spec.distances) + 4]))
+    return {**results, "out_dir": str(out)}

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .tasks import ClassificationTask, Task, register_task
+from .base import Task, register_task
+from .classification import ClassificationTask
 
 NUM_SPECIALS = 5  # mmtx.data.tokenizers: <pad> <bos> <eos> <mask> <unk> are ids 0..4
 
@@ -191,7 +192,8 @@ class TextClassificationTask(ClassificationTask):
     unit = "sequences"
 
     def __init__(self, label_smoothing: float = 0.0):
-        super().__init__(label_smoothing, image_key="ids", label_key="label")
+        super().__init__(label_smoothing, image_key="ids", label_key="label",
+                         rollout_images=0)
 
     def model_kwargs(self, dataset):
         kwargs = {"num_classes": dataset.num_classes, "vocab_size": dataset.vocab_size}

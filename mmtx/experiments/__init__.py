@@ -1,0 +1,15 @@
+"""Experiments: study kinds in a registry (`kind:` in the YAML), sharing one spec reader, one
+worker pool, one run cache and one report writer.
+
+    mmtx run experiments/cnn_vs_vit.yaml            # kind: grid (the default)
+    run_experiment("experiments/rnn_vs_transformer.yaml", out_dir="runs/x")
+
+A new study is a module here with a schema dataclass and a `@register_kind(name, Schema)`
+function `run(spec, out_dir) -> dict`, imported below.
+"""
+
+from . import grid, rnn_vs_transformer  # noqa: F401  each registers its kind
+from .grid import load_experiment, run_config
+from .registry import list_kinds, register_kind, run_experiment
+
+__all__ = ["run_experiment", "load_experiment", "run_config", "list_kinds", "register_kind"]

@@ -1,0 +1,33 @@
+"""Run caching: a run whose result file exists is finished and is never trained again.
+
+The result file is written last and atomically (a temporary file renamed over it), so its
+presence means the run completed; a run killed before that point resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+RESULT = "result.json"
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def finished(run_dir: Path) -> dict | None:
+    """The stored result of a finished run, or None."""
+    path = Path(run_dir) / RESULT
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def store(run_dir: Path, result: dict) -> dict:
+    write_json(Path(run_dir) / RESULT, result)
+    return result

@@ -1,0 +1,78 @@
+"""Reading experiment files: YAML, then `--set KEY=VALUE` overrides, then typed fields.
+
+Every study kind declares its file as a dataclass (the schema). Overrides are applied to the
+raw YAML tree first (so `grid.0.seed=[3]` or `base.train.max_steps=2` reach into lists and
+free-form training configs), then the tree is read into the schema with the training config's
+typed reader: a wrong type or an unknown key is an error naming the nearest valid keys. The
+`base` training config, where a kind has one, is checked as `mmtx train` would check it, before
+any run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from ..train.config import load_config, merge_dataclass
+
+
+def set_key(tree: dict, dotted: str, value) -> None:
+    """tree["a"]["b"] = value for dotted "a.b", creating mappings on the way."""
+    *parents, last = dotted.split(".")
+    for key in parents:  # a number indexes a list, e.g. "grid.0.seed"
+        if isinstance(tree, list):
+            tree = tree[_index(tree, key, dotted)]
+        else:
+            tree = tree.setdefault(key, {})
+    if isinstance(tree, list):
+        tree[_index(tree, last, dotted)] = value
+    else:
+        tree[last] = value
+
+
+def _index(items: list, key: str, dotted: str) -> int:
+    if not key.lstrip("-").isdigit() or not -len(items) <= int(key) < len(items):
+        raise ValueError(f"--set {dotted}: {key!r} must index a list of {len(items)} entries")
+    return int(key)
+
+
+def read_tree(path, overrides=()) -> dict:
+    """An experiment YAML as a dict with `--set KEY=VALUE` overrides applied (untyped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file not found: {path}")
+    tree = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected a mapping at the top, got {type(tree).__name__}")
+    for item in overrides or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        set_key(tree, key.strip(), yaml.safe_load(value))
+    return tree
+
+
+def load_spec(path, overrides, schema: type):
+    """The experiment file at `path` read into the dataclass `schema`, overrides applied."""
+    path = Path(path)
+    tree = read_tree(path, overrides)
+    spec = schema()
+    try:
+        merge_dataclass(spec, tree)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if not getattr(spec, "name", None):
+        spec.name = path.stem
+    base = getattr(spec, "base", None)
+    if base is not None:
+        try:
+            load_config(base)  # the same checks as `mmtx train`, before anything trains
+        except ValueError as e:
+            raise ValueError(f"{path}: base: {e}") from None
+    return spec
+
+
+def spec_dict(spec) -> dict:
+    return dataclasses.asdict(spec)

@@ -1,0 +1,110 @@
+"""Tasks: what a model is trained to do, separated from how the engine trains it.
+
+The engine knows a model only as an `nn.Module` and a task. A task owns everything that depends
+on what the batch holds and what the model is for:
+
+- `collate_fn(dataset)`: how items become a batch dict (default `mmtx.data.collate`);
+- `step`: batch -> (loss, {metric: scalar});
+- `eval_step` / `eval_finalize`: per-sample outputs -> whole-split metrics;
+- `summary`: extra summary fields (e.g. `test_accuracy`);
+- `examples` / `artefacts`: what a person looks at (images with captions for W&B, prediction
+  files, confusion matrices, attention maps, sample grids).
+
+Evaluation is per-sample: `eval_step` returns tensors whose first dim is the batch, the engine
+gathers them across processes (dropping the padding DDP adds) and concatenates them over the
+split, then `eval_finalize` sees the whole split at once. Metrics that are not means of
+per-batch values (recall@k, confusion matrices, perplexity) come out right this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ...data import collate
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator: make a Task subclass available as `task.name: <name>` in configs."""
+
+    def wrap(cls: type[Task]) -> type[Task]:
+        if name in _TASKS and _TASKS[name] is not cls:
+            raise ValueError(f"task {name!r} is registered twice")
+        _TASKS[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def list_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def create_task(name: str, **args) -> Task:
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(list_tasks())}")
+    try:
+        return _TASKS[name](**args)
+    except TypeError as e:
+        raise ValueError(f"task {name!r}: bad task.args {args}: {e}") from None
+
+
+class Task:
+    """Interface. Subclasses override `step`, `eval_step`, `eval_finalize` (and maybe more)."""
+
+    name = "task"
+    unit = "images"  # what `count` counts; throughput is reported as <unit>_per_s
+    main_metric = "loss"  # the validation metric a report ranks runs by
+    higher_is_better = False
+
+    def model_kwargs(self, dataset) -> dict:
+        """Keyword arguments the model factory needs from the data (e.g. num_classes)."""
+        return {}
+
+    def count(self, batch: dict) -> int:
+        """Items in a batch, for throughput (images, or tokens for text tasks)."""
+        first = next(v for v in batch.values() if torch.is_tensor(v))
+        return int(first.shape[0])
+
+    def step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training forward: (scalar loss to backpropagate, {metric: scalar tensor})."""
+        raise NotImplementedError
+
+    def eval_step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """Evaluation forward: per-sample tensors, first dim = batch (gathered across processes)."""
+        raise NotImplementedError
+
+    def eval_finalize(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Whole-split metrics from the concatenated `eval_step` outputs.
+
+        Scalars (float/int) are logged as metrics; anything else (lists, matrices) is kept in
+        the run's summary but not logged as a scalar.
+        """
+        raise NotImplementedError
+
+    def collate_fn(self, dataset) -> Callable[[list[dict]], dict]:
+        """How a list of items becomes a batch dict; must be picklable for loader workers."""
+        return collate
+
+    def summary(self, results: dict[str, dict]) -> dict:
+        """Extra fields for summary.json from {split: eval_finalize result}; none by default."""
+        return {}
+
+    def examples(self, batch: dict, outputs: dict[str, torch.Tensor], max_items: int = 16
+                 ) -> list[tuple[torch.Tensor, str]]:
+        """(image (C,H,W), caption) pairs to show in dashboards; none by default."""
+        return []
+
+    def artefacts(self, model: nn.Module, datasets: dict, results: dict[str, dict],
+                  run_dir: Path, log, step: int) -> dict:
+        """After training, on the main process: write files a person looks at into run_dir and
+        log them (`log` is the run's RunLogger). Returns Python objects for `train()`'s result
+        (not written to summary.json); none by default."""
+        return {}
