@@ -40,7 +40,7 @@ def test_word_tokenizer_round_trip_on_captions():
 
 def test_shapes_vocabulary_covers_every_caption():
     tok = WordTokenizer(shapes_vocabulary())
-    for task in ("shape", "count", "relation"):
+    for task in ("shape", "count", "relation", "caption"):
         ds = ShapesDataset(300, task=task, split="test", num_objects=(2, 4)
                            if task == "count" else None)
         captions = ds.captions  # from the scenes, without rendering

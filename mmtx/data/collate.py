@@ -11,7 +11,12 @@ def collate(items: list[dict]) -> dict:
     """Stack a list of item dicts into a batch dict.
 
     Tensors are stacked (same shape required), ints become a long tensor, floats a float
-    tensor, bools a bool tensor; strings, dicts and anything else become lists.
+    tensor, bools a bool tensor; strings, None, dicts and anything else become lists.
+
+    Keys starting with "object_" hold one row per object, (n, ...), and n varies by item: they
+    are zero-padded (False for bool) to the batch's largest n, giving (B, N, ...), and
+    `object_valid`, bool (B, N), is True on real objects. Every "object_" key of an item must
+    have the same n.
     """
     if not items:
         raise ValueError("collate: expected a non-empty list of items, got an empty list")
@@ -21,7 +26,12 @@ def collate(items: list[dict]) -> dict:
             raise ValueError(f"collate: item {i} has keys {sorted(item)}, item 0 has "
                              f"{sorted(keys)}")
     batch = {}
+    per_object = [k for k in keys if k.startswith("object_")]
+    if per_object:
+        batch.update(_pad_objects(items, per_object))
     for key in keys:
+        if key in per_object:
+            continue
         values = [item[key] for item in items]
         first = values[0]
         if isinstance(first, torch.Tensor):
@@ -39,6 +49,30 @@ def collate(items: list[dict]) -> dict:
         else:
             batch[key] = values
     return batch
+
+
+def _pad_objects(items: list[dict], keys: list[str]) -> dict:
+    counts = []
+    for i, item in enumerate(items):
+        ns = {k: len(item[k]) for k in keys}
+        if not all(isinstance(item[k], torch.Tensor) and item[k].dim() >= 1 for k in keys):
+            raise ValueError(f"collate: item {i}: per-object keys {keys} must be tensors with "
+                             f"one row per object, got {[type(item[k]).__name__ for k in keys]}")
+        if len(set(ns.values())) > 1:
+            raise ValueError(f"collate: item {i} has different object counts per key: {ns}")
+        counts.append(ns[keys[0]])
+    num = max(counts)
+    out = {"object_valid": torch.arange(num)[None, :] < torch.tensor(counts)[:, None]}  # (B, N)
+    for key in keys:
+        rest = {tuple(item[key].shape[1:]) for item in items}
+        if len(rest) > 1:
+            raise ValueError(f"collate: {key!r} rows differ in shape: {sorted(rest)}")
+        first = items[0][key]
+        padded = first.new_zeros((len(items), num, *first.shape[1:]))  # (B, N, ...)
+        for b, item in enumerate(items):
+            padded[b, : len(item[key])] = item[key]
+        out[key] = padded
+    return out
 
 
 class CaptionCollate:

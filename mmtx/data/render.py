@@ -88,24 +88,69 @@ def shape_sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarra
     raise ValueError(f"shape: expected one of {', '.join(SHAPES)}, got {shape!r}")
 
 
+def _coverage(o: Obj, size: int):
+    """(y0, y1, x0, x1, sdf) over the object's bounding box, or None when it misses the image.
+
+    The box has a one-pixel margin for the anti-aliasing ramp; sdf is (h, w) in pixels.
+    """
+    b = BOUND[o.shape] * o.r
+    x0, x1 = max(0, int(o.x - b - 1)), min(size, int(o.x + b + 2))
+    y0, y1 = max(0, int(o.y - b - 1)), min(size, int(o.y + b + 2))
+    if x0 >= x1 or y0 >= y1:
+        return None
+    dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - o.x)[None, :]  # (1, w)
+    dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - o.y)[:, None]  # (h, 1)
+    return y0, y1, x0, x1, shape_sdf(o.shape, dx, dy, o.r)
+
+
 def render(objects: list[Obj], image_size: int, background=(0.0, 0.0, 0.0)) -> np.ndarray:
     """Draw objects in order onto a background; returns float32 (H, W, 3) in [0, 1]."""
     size = image_size
     img = np.empty((size, size, 3), dtype=np.float32)
     img[:] = background
     for o in objects:
-        # Bounding box with a one-pixel margin for the anti-aliasing ramp.
-        b = BOUND[o.shape] * o.r
-        x0, x1 = max(0, int(o.x - b - 1)), min(size, int(o.x + b + 2))
-        y0, y1 = max(0, int(o.y - b - 1)), min(size, int(o.y + b + 2))
-        if x0 >= x1 or y0 >= y1:
+        cov = _coverage(o, size)
+        if cov is None:
             continue
-        dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - o.x)[None, :]  # (1, w)
-        dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - o.y)[:, None]  # (h, 1)
-        alpha = np.clip(0.5 - shape_sdf(o.shape, dx, dy, o.r), 0.0, 1.0)[..., None]  # (h, w, 1)
+        y0, y1, x0, x1, sdf = cov
+        alpha = np.clip(0.5 - sdf, 0.0, 1.0)[..., None]  # (h, w, 1)
         region = img[y0:y1, x0:x1]
         region += alpha * (np.asarray(o.rgb, dtype=np.float32) - region)
     return img
+
+
+def object_masks(objects: list[Obj], image_size: int) -> np.ndarray:
+    """Which pixels show each object: bool (n, H, W).
+
+    A pixel belongs to an object when its centre lies inside the shape (coverage > 0.5, so the
+    pixel is more than half the object's colour); a later object hides an earlier one where
+    they overlap, as in render(). Clutter and noise drawn afterwards are not subtracted.
+    """
+    size = image_size
+    masks = np.zeros((len(objects), size, size), dtype=bool)
+    for i, o in enumerate(objects):
+        cov = _coverage(o, size)
+        if cov is None:
+            continue
+        y0, y1, x0, x1, sdf = cov
+        inside = sdf < 0  # (h, w): 0.5 - sdf > 0.5
+        masks[:i, y0:y1, x0:x1] &= ~inside
+        masks[i, y0:y1, x0:x1] = inside
+    return masks
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight (x0, y0, x1, y1) pixel-edge boxes of (n, H, W) bool masks: float32 (n, 4).
+
+    x1 and y1 are exclusive (a one-pixel mask at column c spans c..c+1); an empty mask gets
+    the all-zero box.
+    """
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    for i, m in enumerate(masks):
+        cols, rows = np.flatnonzero(m.any(axis=0)), np.flatnonzero(m.any(axis=1))
+        if len(cols):
+            boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes
 
 
 def add_clutter(img: np.ndarray, rng: np.random.Generator, count: int) -> None:

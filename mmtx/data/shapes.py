@@ -9,10 +9,17 @@ train / val / test streams never share a scene. Tasks label the same kind of sce
 - "relation": two objects at least 0.45 of the image side apart; the label says whether they are
   the same shape. Deciding needs both far-apart objects at once, which is what attention is credited
   with and what a stack of small convolutions only reaches deep in the network.
+- "caption" (or "captions"): two objects for captioning and contrastive training; the caption has
+  no prefix, object 1 lies clearly to one side of object 0 (the larger offset at least twice the
+  smaller one), and the label is that relation ("left", "right", "above", "below").
 
 Captions describe the whole scene ("a small red circle to the left of a large blue square") and
 always name the labelled attribute: count and relation captions start with it ("two shapes: ...",
 "same shape: ...").
+
+Opt-in extras per item: `return_objects=True` adds each object's pixel mask and box,
+`return_foils=True` adds foil captions (see mmtx/data/scene_text.py); collate() pads the
+per-object tensors.
 """
 
 from __future__ import annotations
@@ -26,16 +33,25 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .render import BOUND, COLOURS, SHAPES, Obj, add_clutter, render
+from .render import BOUND, COLOURS, SHAPES, Obj, add_clutter, mask_boxes, object_masks, render
+from .scene_text import (
+    FOIL_KINDS,
+    NUMBERS,
+    SPATIAL,
+    check_foil_kinds,
+    make_caption,
+    make_foils,
+    spatial,
+)
 
 log = logging.getLogger(__name__)
 
-TASKS = ("shape", "colour", "size", "count", "relation")
+TASKS = ("shape", "colour", "size", "count", "relation", "caption")
+_ALIASES = {"color": "colour", "captions": "caption"}
 SPLITS = ("train", "val", "test")
-NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DEFAULT_NUM_SAMPLES = {"train": 10_000, "val": 1_000, "test": 2_000}
 DEFAULT_NUM_OBJECTS = {"shape": (1, 1), "colour": (1, 1), "size": (1, 1), "count": (1, 3),
-                       "relation": (2, 2)}
+                       "relation": (2, 2), "caption": (2, 2)}
 # Radius ranges as fractions of the image side, by how crowded the scene is: lone objects are
 # drawn big so the default shape task is easy to read at 32 px.
 _RADII = {1: {"small": (0.17, 0.22), "large": (0.28, 0.36)},
@@ -43,34 +59,12 @@ _RADII = {1: {"small": (0.17, 0.22), "large": (0.28, 0.36)},
           3: {"small": (0.12, 0.15), "large": (0.16, 0.20)}}
 MEAN = (0.5, 0.5, 0.5)  # images are mapped to [-1, 1], convenient for generators too
 STD = (0.5, 0.5, 0.5)
+# Caption scenes keep |larger offset| >= _CLEAR * |smaller offset| between related objects, so
+# "left of" is never a near-diagonal call that "above" would describe as well.
+_CLEAR = 2.0
 
 
-def _spatial(a: Obj, b: Obj) -> str:
-    """Where a is relative to b, by the larger of the horizontal and vertical offsets."""
-    dx, dy = a.x - b.x, a.y - b.y
-    if abs(dx) >= abs(dy):
-        return "to the left of" if dx < 0 else "to the right of"
-    return "above" if dy < 0 else "below"
-
-
-def _describe(o: Obj) -> str:
-    return f"a {o.size} {o.colour} {o.shape}"
-
-
-def make_caption(objects: list[Obj], task: str) -> str:
-    """English caption of a scene; object 0 comes first and relations are relative to object 1."""
-    text = _describe(objects[0])
-    if len(objects) > 1:
-        text += f" {_spatial(objects[0], objects[1])} {_describe(objects[1])}"
-        for o in objects[2:]:
-            text += f", and {_describe(o)} {_spatial(o, objects[1])} the {objects[1].shape}"
-    n = len(objects)
-    if task == "count":
-        text = f"{NUMBERS[n]} shape{'s' if n > 1 else ''}: {text}"
-    elif task == "relation":
-        same = objects[0].shape == objects[1].shape
-        text = f"{'same shape' if same else 'different shapes'}: {text}"
-    return text
+_spatial = spatial  # the old private name
 
 
 def shapes_vocabulary() -> list[str]:
@@ -98,13 +92,22 @@ class ShapesDataset(Dataset):
         cache: False; True renders every item into memory once; a directory path also stores
             the rendered split there (uint8 .npy + JSON, reloaded without unpickling).
         transform: applied to the uint8 (3, H, W) image tensor; default maps to [-1, 1].
+        return_objects: add `object_masks`, bool (n, H, W): the pixels showing each object (its
+            pixel centre inside the shape; noise and clutter ignored), and `object_boxes`,
+            float (n, 4): their tight (x0, y0, x1, y1) boxes in pixels, x1/y1 exclusive. Both
+            are on the rendered image's pixel grid: a transform that moves pixels (augment)
+            does not move them. Objects are in the order of attributes["objects"].
+        return_foils: True or a list of foil kinds ("swap_attributes", "swap_objects",
+            "reverse_relation"): add `foil_<kind>`, the foil caption or None where impossible
+            (see make_foils).
     """
 
     def __init__(self, num_samples: int | None = None, image_size: int = 32, split: str = "train",
                  seed: int = 0, task: str = "shape", *, num_objects=None, shapes=None,
                  colours=None, noise: float = 0.0, clutter: int = 0, colour_jitter: float = 0.05,
-                 background=(0.0, 0.0, 0.0), cache=False, transform=None):
-        task = "colour" if task == "color" else task
+                 background=(0.0, 0.0, 0.0), cache=False, transform=None,
+                 return_objects: bool = False, return_foils=False):
+        task = _ALIASES.get(task, task)
         if task not in TASKS:
             raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
         if split not in SPLITS:
@@ -127,8 +130,8 @@ class ShapesDataset(Dataset):
         if not 1 <= lo <= hi <= 9:
             raise ValueError(f"num_objects: expected an int or (min, max) within 1..9, "
                              f"got {num_objects!r}")
-        if task == "relation" and lo < 2:
-            raise ValueError(f"num_objects: the relation task needs >= 2 objects, got {lo}")
+        if task in ("relation", "caption") and lo < 2:
+            raise ValueError(f"num_objects: the {task} task needs >= 2 objects, got {lo}")
         if task == "relation" and len(self.shapes) < 2:
             raise ValueError("shapes: the relation task needs at least two shapes")
         if noise < 0 or clutter < 0:
@@ -139,10 +142,14 @@ class ShapesDataset(Dataset):
         self.noise, self.clutter, self.colour_jitter = float(noise), int(clutter), colour_jitter
         self.background = tuple(float(b) for b in background)
         self.transform = transform
+        self.return_objects = bool(return_objects)
+        self.return_foils = () if return_foils is False or return_foils is None else (
+            FOIL_KINDS if return_foils is True else check_foil_kinds(return_foils))
         self.in_chans, self.mean, self.std = 3, MEAN, STD
         self.class_names = {
             "shape": list(self.shapes), "colour": list(self.colours), "size": ["small", "large"],
             "count": [NUMBERS[n] for n in range(1, hi + 1)], "relation": ["different", "same"],
+            "caption": ["left", "right", "above", "below"],
         }[task]
         self.num_classes = len(self.class_names)
         self._labels: list[int] | None = None
@@ -175,8 +182,9 @@ class ShapesDataset(Dataset):
         bounds = radii * np.array([BOUND[s] for s in shapes])  # farthest extent of each shape
         # Relation scenes keep their first two objects at least 0.45 of the image side apart.
         far = 0.45 * side if self.task == "relation" else 0.0
+        clear = self.task == "caption"
         for _ in range(20):  # shrink and retry if the objects do not fit
-            pos = self._place(rng, bounds, far)
+            pos = self._place(rng, bounds, far, clear)
             if pos is not None:
                 break
             radii *= 0.9
@@ -186,9 +194,10 @@ class ShapesDataset(Dataset):
         return [Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
                     float(radii[i]), tuple(rgb[i].tolist())) for i in range(n)]
 
-    def _place(self, rng, radii, far):
+    def _place(self, rng, radii, far, clear=False):
         """Centres keeping the bounding circles (radii) inside the image, 1.5 px apart, and
-        objects 0 and 1 at least `far` apart; None if they do not fit."""
+        objects 0 and 1 at least `far` apart; with `clear`, each object the caption places
+        (1 against 0, later ones against 1) lies clearly to one side; None if they do not fit."""
         side, pos = self.image_size, np.zeros((len(radii), 2))
         for i, r in enumerate(radii):
             cand = rng.uniform(r + 0.5, side - r - 0.5, (32, 2))  # 32 tries at once
@@ -196,6 +205,9 @@ class ShapesDataset(Dataset):
             for j in range(i):
                 need = max(r + radii[j] + 1.5, far if i == 1 else 0.0)
                 ok &= np.hypot(*(cand - pos[j]).T) >= need
+            if clear and i >= 1:
+                off = np.abs(cand - pos[0 if i == 1 else 1])  # (32, 2)
+                ok &= off.max(axis=1) >= _CLEAR * off.min(axis=1)
             if not ok.any():
                 return None
             pos[i] = cand[int(ok.argmax())]  # the first candidate that fits
@@ -210,6 +222,8 @@ class ShapesDataset(Dataset):
             return int(objects[0].size == "large")
         if self.task == "count":
             return len(objects) - 1
+        if self.task == "caption":
+            return SPATIAL.index(spatial(objects[0], objects[1]))
         return int(objects[0].shape == objects[1].shape)  # relation
 
     def scene(self, index: int) -> list[Obj]:
@@ -241,7 +255,7 @@ class ShapesDataset(Dataset):
         }
         if len(objects) > 1:
             attrs["relation"] = "same" if objects[0].shape == objects[1].shape else "different"
-            attrs["spatial"] = _spatial(objects[0], objects[1])
+            attrs["spatial"] = spatial(objects[0], objects[1])
         return attrs
 
     @property
@@ -301,6 +315,7 @@ class ShapesDataset(Dataset):
             index = self._check_index(index)
             img, meta = np.array(self._images[index]), self._meta[index]  # copy: mmap is read-only
             label, caption, attrs = meta["label"], meta["caption"], meta["attributes"]
+            objects = None
         else:
             img, objects = self.render_uint8(index)
             label, caption = self.label_of(objects), make_caption(objects, self.task)
@@ -310,9 +325,27 @@ class ShapesDataset(Dataset):
             image = self.transform(image)
         else:  # the default: [0, 255] -> [-1, 1], i.e. Normalize(MEAN, STD) after scaling
             image = image.float().mul_(2.0 / 255.0).sub_(1.0)
-        return {"image": image, "label": label, "caption": caption, "attributes": attrs}
+        item = {"image": image, "label": label, "caption": caption, "attributes": attrs}
+        if self.return_objects or self.return_foils:
+            if objects is None:  # cached pixels: the scene alone is cheap to redraw
+                objects = self.scene(index)
+            item.update(self.objects_of(objects))
+        return item
+
+    def objects_of(self, objects: list[Obj]) -> dict:
+        """The opt-in keys (object masks and boxes, foils) for a scene's objects."""
+        out = {}
+        if self.return_objects:
+            masks = object_masks(objects, self.image_size)  # (n, H, W) bool
+            out["object_masks"] = torch.from_numpy(masks)
+            out["object_boxes"] = torch.from_numpy(mask_boxes(masks))  # (n, 4)
+        if self.return_foils:
+            for kind, foil in make_foils(objects, self.return_foils, self.task).items():
+                out[f"foil_{kind}"] = foil
+        return out
 
     def __repr__(self) -> str:
         return (f"ShapesDataset(num_samples={self.num_samples}, image_size={self.image_size}, "
                 f"split={self.split!r}, seed={self.seed}, task={self.task!r}, "
                 f"num_objects={self.num_objects})")
+
