@@ -1,26 +1,45 @@
-"""The experiment runner end to end on the quick CNN-vs-ViT experiment."""
+"""Experiments as a package of study kinds: every kind's _quick file end to end, the shared
+spec reader, run cache, worker pool progress and report."""
 
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mmtx.experiments import grid
 from mmtx.data import build_dataset
-from mmtx.experiments import load_experiment, run_experiment
+from mmtx.experiments import grid, list_kinds, load_experiment, run_experiment
 
-QUICK = Path(__file__).parents[1] / "experiments" / "cnn_vs_vit_quick.yaml"
+EXPERIMENTS = Path(__file__).parents[1] / "experiments"
+QUICK = EXPERIMENTS / "cnn_vs_vit_quick.yaml"
+RNN_QUICK = EXPERIMENTS / "rnn_vs_transformer_quick.yaml"
+
+
+def _quick_files() -> dict[str, list[Path]]:
+    kinds: dict[str, list[Path]] = {}
+    for path in sorted(EXPERIMENTS.glob("*_quick.yaml")):
+        kinds.setdefault(yaml.safe_load(path.read_text()).get("kind", "grid"), []).append(path)
+    return kinds
+
+
+def test_every_study_kind_has_a_quick_file():
+    assert set(_quick_files()) == set(list_kinds())
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp")
-    return out, run_experiment(QUICK, out_dir=out)
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        res = run_experiment(QUICK, out_dir=out)
+    return out, res, console.getvalue()
 
 
 def test_quick_experiment_writes_report_results_and_plots(finished):
-    out, res = finished
+    out, res, _ = finished
     for name in ("report.md", "results.json", "learning_curves.png", "data_efficiency.png",
                  "confusion.png", "attention_rollout.png"):
         assert (out / name).stat().st_size > 0, name
@@ -35,8 +54,19 @@ def test_quick_experiment_writes_report_results_and_plots(finished):
         assert sum(map(sum, r["confusion"])) == len(test_set)  # every test image counted once
 
 
+def test_progress_with_two_workers_is_one_line_per_run(finished):
+    out, res, console = finished
+    assert "\r" not in console  # no progress bars fighting over one terminal line
+    done = re.findall(r"^\[(\d+)/9\] (\S+): test accuracy [\d.]+% \(\S+\) \| elapsed \S+, "
+                      r"ETA \S+$", console, flags=re.M)
+    assert sorted(int(i) for i, _ in done) == list(range(1, 10))
+    assert sorted(run for _, run in done) == sorted(r.run_id for r in load_experiment(QUICK).runs)
+    # each worker's own output went to its run's log instead
+    assert all((out / "runs" / run / "train.log").exists() for _, run in done)
+
+
 def test_report_numbers_equal_results_json(finished):
-    out, _ = finished
+    out, _, _ = finished
     summary = json.loads((out / "results.json").read_text())["summary"]
     report = (out / "report.md").read_text()
     for row in summary:
@@ -50,7 +80,7 @@ def test_report_numbers_equal_results_json(finished):
 
 
 def test_summary_means_are_over_seeds(finished):
-    out, _ = finished
+    out, _, _ = finished
     data = json.loads((out / "results.json").read_text())
     for row in data["summary"]:
         accs = [r["test_accuracy"] for r in data["runs"] if r["model"] == row["model"]
@@ -59,7 +89,7 @@ def test_summary_means_are_over_seeds(finished):
 
 
 def test_second_run_does_no_training(finished, monkeypatch):
-    out, first = finished
+    out, first, _ = finished
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -72,6 +102,61 @@ def test_second_run_does_no_training(finished, monkeypatch):
         [r["test_accuracy"] for r in first["runs"]]
 
 
+def test_rnn_vs_transformer_quick_end_to_end(tmp_path, monkeypatch):
+    """The study at toy scale: every (model, distance) trained once, the timing table, the
+    probe per layer, the plots, and a rerun that trains nothing."""
+    res = run_experiment(RNN_QUICK, tmp_path)
+    assert sorted((r["model"], r["distance"]) for r in res["recall"]) == [
+        ("LSTM", 2), ("LSTM", 4), ("Transformer", 2), ("Transformer", 4)]
+    assert {(r["model"], r["length"]) for r in res["time_per_step"]} == {
+        (m, n) for m in ("LSTM", "Transformer") for n in (8, 16)}
+    probe = res["probe"]
+    assert probe["layers"] == ["input", "block 1", "block 2", "output"]
+    for key in ("probe_acc_trained", "probe_acc_untrained"):
+        assert len(probe[key]) == 4 and all(0.0 <= a <= 1.0 for a in probe[key])
+    report = (tmp_path / "report.md").read_text()
+    for r in res["recall"]:
+        assert f"{100 * r['test_accuracy']:.1f}%" in report
+    for name in ("rnn_vs_transformer.png", "apple_probe.png", "results.json"):
+        assert (tmp_path / name).stat().st_size > 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("mmtx.train.train", no_training)
+    again = run_experiment(RNN_QUICK, tmp_path)
+    assert again["recall"] == res["recall"] and again["probe"] == res["probe"]
+
+
+def test_unknown_kind_lists_the_known_ones(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("kind: gird\nname: x\n")
+    with pytest.raises(ValueError, match="unknown experiment kind 'gird'; known kinds: grid, "
+                                         "rnn_vs_transformer"):
+        run_experiment(path, tmp_path)
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("jbos: 2\n", "did you mean jobs"),
+    ("report: {target: {cnn: 0.9}}\n", "did you mean report.targets"),
+    ("jobs: two\n", "'jobs': expected an integer, got 'two'"),
+])
+def test_spec_keys_and_types_are_checked(tmp_path, text, hint):
+    path = tmp_path / "x.yaml"
+    path.write_text("name: x\ngrid: {model: [convnet_small]}\n" + text)
+    with pytest.raises(ValueError, match=re.escape(hint)):
+        load_experiment(path)
+
+
+def test_base_config_is_checked_before_any_run(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("name: x\nbase: {optim: {weight_decy: 0.1}}\ngrid: {model: [vit]}\n")
+    with pytest.raises(ValueError, match="base: unknown config key 'optim.weight_decy'; did "
+                                         "you mean optim.weight_decay"):
+        run_experiment(path, tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_bad_experiment_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="experiment file"):
         load_experiment(tmp_path / "missing.yaml")
@@ -82,6 +167,8 @@ def test_bad_experiment_files(tmp_path):
     bad.write_text("name: x\ngrid: {model: [vit], fraction: 1.5}\n")
     with pytest.raises(ValueError, match="fraction must be in"):
         load_experiment(bad)
+    with pytest.raises(ValueError, match="grid.5.seed: '5' must index a list of 2 entries"):
+        load_experiment(QUICK, ["grid.5.seed=1"])
 
 
 def test_overrides_and_run_config():
@@ -90,6 +177,17 @@ def test_overrides_and_run_config():
     cfg = grid.run_config(exp, exp.runs[0])
     assert cfg["train"]["seed"] == 3 and cfg["model"]["name"] == "convnet_small"
     assert cfg["logging"]["group"] == "cnn_vs_vit_quick"
+
+
+def test_targets_are_checked_and_a_missing_label_is_reported():
+    from mmtx.experiments.report import check_targets
+
+    lines = check_targets({"cnn": ("shapes", 0.97), "vit": ("shapes", 0.93)},
+                          {"cnn": 0.95, "vit": 0.95, "ccct": 0.95}, "test accuracy")
+    assert lines == [
+        "- ccct: target 95% but no run of that name (models: cnn, vit)",
+        "- cnn on shapes: test accuracy 97.00% vs target 95%: met",
+        "- vit on shapes: test accuracy 93.00% vs target 95%: MISSED by 2.00 points"]
 
 
 def test_unfinished_run_of_another_model_is_not_resumed(tmp_path):

@@ -1,6 +1,5 @@
 """Text datasets, engine tasks and the LSTM baseline: contents, masking, losses, a tiny run."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -110,31 +109,3 @@ def test_seq2seq_task_learns_in_a_tiny_run(tmp_path):
     first = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]
     assert res["test/loss"] < 0.9 * __import__("json").loads(first)["train/loss"]
     assert 0.0 <= res["test/exact"] <= 1.0
-
-
-def test_rnn_vs_transformer_runner_tiny(tmp_path):
-    """The study end to end at toy scale: every (model, distance) trained once, the timing
-    table, the probe per layer, the plots, and a rerun that reuses finished runs."""
-    from mmtx.experiments import run_experiment
-
-    spec = Path(__file__).parents[1] / "experiments" / "rnn_vs_transformer.yaml"
-    overrides = ["distances=[2,4]", "seeds=[0]", "base.train.max_steps=3",
-                 "base.data.args.num_samples=64",
-                 "timing.lengths=[8,16]", "timing.repeats=1", "probe.sentences=16",
-                 "probe.corpus_sentences=200", "probe.config.train.max_steps=3"]
-    res = run_experiment(spec, tmp_path, overrides)
-    assert sorted((r["model"], r["distance"]) for r in res["recall"]) == [
-        ("LSTM", 2), ("LSTM", 4), ("Transformer", 2), ("Transformer", 4)]
-    assert {(r["model"], r["length"]) for r in res["time_per_step"]} == {
-        (m, n) for m in ("LSTM", "Transformer") for n in (8, 16)}
-    probe = res["probe"]
-    assert probe["layers"] == ["input", "block 1", "block 2", "output"]
-    for key in ("probe_acc_trained", "probe_acc_untrained"):
-        assert len(probe[key]) == 4 and all(0.0 <= a <= 1.0 for a in probe[key])
-    report = (tmp_path / "report.md").read_text()
-    for r in res["recall"]:
-        assert f"{100 * r['test_accuracy']:.1f}%" in report
-    for name in ("rnn_vs_transformer.png", "apple_probe.png", "results.json"):
-        assert (tmp_path / name).stat().st_size > 0
-    again = run_experiment(spec, tmp_path, overrides)
-    assert again["recall"] == res["recall"]  # finished runs are read back, not retrained

@@ -115,6 +115,7 @@ def _valid_keys(cls, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
         sub = typing.get_type_hints(cls)[f.name]
+        sub = _optional_dataclass(sub) or sub
         if dataclasses.is_dataclass(sub):
             keys += _valid_keys(sub, f"{prefix}{f.name}.")
         else:
@@ -207,6 +208,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+def _optional_dataclass(hint):
+    """The dataclass in `X | None`, or None."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        found = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return found[0] if found else None
+    return None
+
+
 def merge_dataclass(obj, data: dict, prefix: str = "", root=None) -> None:
     """Set fields of dataclass `obj` from a nested dict, checking keys and coercing types.
 
@@ -222,7 +231,11 @@ def merge_dataclass(obj, data: dict, prefix: str = "", root=None) -> None:
         if name not in hints:
             raise _unknown(key, root)
         current = getattr(obj, name)
-        if dataclasses.is_dataclass(current):
+        sub = _optional_dataclass(hints[name])
+        if current is None and sub is not None and isinstance(value, dict):
+            current = sub()  # an optional section given in the file
+            setattr(obj, name, current)
+        if dataclasses.is_dataclass(current) and value is not None:
             merge_dataclass(current, value, f"{key}.", root)
         else:
             setattr(obj, name, _coerce(value, hints[name], key))
