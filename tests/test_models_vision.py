@@ -13,28 +13,12 @@ from timm.models.vision_transformer import VisionTransformer
 from mmtx import create_model, list_models, model_summary
 from mmtx.cli import main as cli_main
 from mmtx.layers import sincos_2d_encoding
-from mmtx.models.registry import _MODELS
+from mmtx.models import model_info
 from mmtx.models.vit import ViT, from_timm, load_timm_checkpoint, vit_flops
 from mmtx.viz import attention_rollout, plot_rollout, rollout_maps
 
-VISION_MODULES = {"mmtx.models.vit", "mmtx.models.cnn", "mmtx.models.hybrid"}
-VISION = [n for n in list_models() if _MODELS[n].__module__ in VISION_MODULES]
-
-
-def tiny_overrides(name: str) -> tuple[dict, int]:
-    """Overrides that shrink a factory to test size (the engine's keys included) and image size."""
-    kw = dict(num_classes=3, in_chans=2)
-    if name.startswith("vit"):
-        patch = 16 if "patch16" in name else 4 if "patch4" in name else 2
-        size = 2 * patch
-        kw.update(img_size=size, dim=32, depth=1, num_heads=2, drop_path_rate=0.1)
-    elif name.startswith("cct"):
-        size = 16
-        kw.update(img_size=size, dim=32, depth=1, num_heads=2)
-    else:  # CNNs cannot be narrowed by overrides; a small image keeps them fast
-        size = 8
-        kw.update(img_size=size)
-    return kw, size
+# Forward, backward and gradients of every model: tests/test_models_registry.py.
+VISION = [n for family in ("vit", "cnn", "hybrid") for n in list_models(family=family)]
 
 
 def test_vision_families_registered():
@@ -45,28 +29,11 @@ def test_vision_families_registered():
         assert name in VISION
 
 
-@pytest.mark.parametrize("name", VISION)
-def test_forward_backward_tiny(name):
-    torch.manual_seed(0)
-    kw, size = tiny_overrides(name)
-    model = create_model(name, **kw).train()
-    x = torch.randn(2, 2, size, size)
-    out = model(x)
-    assert out.shape == (2, 3)
-    assert torch.isfinite(out).all()
-    out.logsumexp(-1).mean().backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, f"{name}: {pname} got no gradient (unused parameter)"
-        assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
-
-
 @pytest.mark.parametrize("name", ["vit_tiny_patch4_32", "cct_2_3x2_32", "resnet18_small",
                                   "convnet_small"])
-def test_no_head_returns_features(name):
-    kw, size = tiny_overrides(name)
-    kw["num_classes"] = 0
-    model = create_model(name, **kw).eval()
-    x = torch.randn(2, 2, size, size)
+def test_no_head_returns_features(name, small_model):
+    s = small_model(name, num_classes=0)
+    model, (x,) = s.model.eval(), s.inputs
     out = model(x)
     assert out.shape == (2, model.num_features)
     feats = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -201,8 +168,8 @@ def test_load_timm_checkpoint(tmp_path):
 @pytest.mark.parametrize("name", ["vit_micro_patch2_16", "cct_2_3x1_8", "resnet18_small",
                                   "convnet_small"])
 def test_wrong_channel_count_names_expected_and_got(name):
-    model = create_model(name, in_chans=3, depth=1) if "resnet" not in name and "conv" not in \
-        name else create_model(name, in_chans=3)
+    model = create_model(name, in_chans=3) if model_info(name).family == "cnn" else \
+        create_model(name, in_chans=3, depth=1)
     with pytest.raises(ValueError, match=r"3.*got.*1|3 channels, got 1"):
         model(torch.randn(1, 1, 16, 16))
 

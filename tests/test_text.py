@@ -102,7 +102,7 @@ def test_left_padded_batch_equals_one_by_one():
 
 def test_seq2seq_beam_width_one_is_greedy_and_beams_score_higher():
     torch.manual_seed(0)
-    model = Seq2Seq(vocab_size=30, max_len=32, dim=32, depth=2, num_heads=4, dropout=0.0).eval()
+    model = Seq2Seq(vocab_size=30, max_len=32, dim=32, depth=2, num_heads=4, drop_rate=0.0).eval()
     src = torch.randint(3, 30, (3, 6))
     beam1 = model.generate(src, 10, beam_width=1)
     # Greedy by hand: full recompute, argmax, eos-filled after eos.
@@ -129,7 +129,8 @@ def test_seq2seq_beam_width_one_is_greedy_and_beams_score_higher():
 def test_encoder_heads_and_padding():
     torch.manual_seed(0)
     enc = TextEncoder(vocab_size=V, max_len=16, dim=32, depth=2, num_heads=4, num_classes=3,
-                      pool="mean", type_vocab_size=2, dropout=0.0, attn_drop=0.0).eval()
+                      pool="mean", type_vocab_size=2, drop_rate=0.0,
+                      attn_drop_rate=0.0).eval()
     ids = torch.randint(0, V, (2, 8))
     mask = torch.ones(2, 8, dtype=torch.long)
     mask[1, 5:] = 0
@@ -180,3 +181,26 @@ def test_bad_input_is_a_clear_error():
         enc(torch.full((1, 4), 20))
     with pytest.raises(ValueError, match="pos must be one of"):
         TextDecoder(pos="alibi")
+
+
+def test_old_dropout_names_still_work_with_a_warning():
+    with pytest.warns(DeprecationWarning) as record:
+        model = create_model("gpt_tiny", dropout=0.3, attn_drop=0.2)
+    assert ["'dropout' is now called 'drop_rate'" in str(w.message) for w in record] == [1, 0]
+    assert "'attn_drop' is now called 'attn_drop_rate'" in str(record[1].message)
+    assert model.embed.drop.p == 0.3 and model.blocks.blocks[0].attn.attn_drop == 0.2
+    with pytest.warns(DeprecationWarning, match="attn_drop_rate"):
+        enc = TextEncoder(vocab_size=V, dim=32, depth=1, num_heads=4, attn_drop=0.0)
+    assert enc.encoder.blocks[0].attn.attn_drop == 0.0
+    with pytest.warns(DeprecationWarning, match="LSTMModel"):
+        assert create_model("lstm_tiny", dropout=0.0).drop.p == 0.0
+    with pytest.raises(ValueError, match="both dropout=0.1 and drop_rate=0.2"):
+        create_model("seq2seq_tiny", dropout=0.1, drop_rate=0.2)
+    with pytest.raises(ValueError, match="both"):
+        TextDecoder(attn_drop=0.1, attn_drop_rate=0.1)
+    # A factory's default under the new name gives way to a user's old name.
+    from mmtx.models.compat import rename_options
+
+    with pytest.warns(DeprecationWarning):
+        opts = rename_options({"dropout": 0.0}, {"dropout": "drop_rate"}, "gpt_small")
+    assert {**dict(drop_rate=0.1), **opts} == {"drop_rate": 0.0}

@@ -1,6 +1,14 @@
-"""Model families, each built from mmtx.layers, and the registry that names them."""
+"""Model families, each built from mmtx.layers, and the registry that names them.
 
-from .registry import create_model, list_models, register_model
+The registry comes first and imports no family; importing each family module registers its
+factories. Add a new family's module to the second import.
+"""
+
+from .registry import ModelInfo, create_model, list_models, model_info, register_model
+
+# isort: split
+from . import cnn, hybrid, rnn, text, vit  # noqa: F401  (registers every family's models)
 from .summary import model_summary
 
-__all__ = ["create_model", "list_models", "register_model", "model_summary"]
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model",
+           "model_summary"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from .registry import register_model
+from .registry import register_model, register_prefix
 
 
 def _check_channels(images: torch.Tensor, in_chans: int) -> None:
@@ -121,21 +121,24 @@ def timm_model(name: str, **kwargs) -> nn.Module:
         raise
 
 
+register_prefix("timm/", timm_model)  # create_model("timm/<name>", ...)
+
+
 def _small_resnet(layers, kw) -> SmallResNet:
     return SmallResNet(layers, **kw)
 
 
-@register_model
+@register_model(family="cnn", task="classification")
 def resnet18_small(**kw) -> SmallResNet:
     """ResNet-18 (11.2 M params at 10 classes) with the small-image stem."""
     return _small_resnet((2, 2, 2, 2), kw)
 
 
-@register_model
+@register_model(family="cnn", task="classification")
 def resnet34_small(**kw) -> SmallResNet:
     return _small_resnet((3, 4, 6, 3), kw)
 
 
-@register_model
+@register_model(family="cnn", task="classification")
 def convnet_small(**kw) -> ConvNet:
     return ConvNet(**kw)

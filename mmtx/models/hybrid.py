@@ -119,17 +119,17 @@ def _cct(defaults: dict, overrides: dict) -> CCT:
     return CCT(**{**defaults, **overrides})
 
 
-@register_model
+@register_model(family="hybrid", task="classification")
 def cct_2_3x1_8(**kw) -> CCT:
     """CCT-2 with one conv layer for 8-16 px images (8x8 digits -> 16 tokens)."""
     return _cct(dict(img_size=8, dim=128, depth=2, num_heads=2, mlp_ratio=1.0, conv_layers=1), kw)
 
 
-@register_model
+@register_model(family="hybrid", task="classification")
 def cct_2_3x2_32(**kw) -> CCT:
     return _cct(dict(img_size=32, dim=128, depth=2, num_heads=2, mlp_ratio=1.0, conv_layers=2), kw)
 
 
-@register_model
+@register_model(family="hybrid", task="classification")
 def cct_7_3x1_32(**kw) -> CCT:
     return _cct(dict(img_size=32, dim=256, depth=7, num_heads=4, mlp_ratio=2.0, conv_layers=1), kw)

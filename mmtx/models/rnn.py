@@ -9,8 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .compat import rename_options, renamed_options
 from .registry import register_model
 from .text import check_ids
+
+_RENAMED = {"dropout": "drop_rate"}  # the old spelling, still read from configs
 
 
 class LSTMModel(nn.Module):
@@ -19,20 +22,23 @@ class LSTMModel(nn.Module):
 
     num_classes=0 makes it a language model over the vocabulary (output tied to the embedding
     when dim == hidden_dim). bidirectional=True reads both ways (then no LM use).
+    drop_rate: dropout on the embeddings, between LSTM layers and before the head.
     """
 
+    @renamed_options(**_RENAMED)
     def __init__(self, vocab_size: int = 256, dim: int = 128, hidden_dim: int = 256,
                  num_layers: int = 2, *, num_classes: int = 0, pool: str = "none",
-                 dropout: float = 0.1, bidirectional: bool = False, max_len: int | None = None):
+                 drop_rate: float = 0.1, bidirectional: bool = False,
+                 max_len: int | None = None):
         super().__init__()
         if pool not in ("none", "last", "mean"):
             raise ValueError(f"pool must be 'none', 'last' or 'mean', got {pool!r}")
         self.vocab_size, self.pool = vocab_size, pool
         self.max_len = max_len  # unused by the recurrence; kept so configs can share args
         self.embed = nn.Embedding(vocab_size, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(drop_rate)
         self.lstm = nn.LSTM(dim, hidden_dim, num_layers, batch_first=True,
-                            dropout=dropout if num_layers > 1 else 0.0,
+                            dropout=drop_rate if num_layers > 1 else 0.0,
                             bidirectional=bidirectional)
         out_dim = hidden_dim * (2 if bidirectional else 1)
         self.head = nn.Linear(out_dim, num_classes or vocab_size)
@@ -73,15 +79,18 @@ class LSTMModel(nn.Module):
         return self.forward_head(self.forward_features(ids, attention_mask), attention_mask)
 
 
-@register_model
+def _lstm(defaults: dict, overrides: dict) -> LSTMModel:
+    # Old option names are renamed before the merge, as for the text models.
+    return LSTMModel(**{**defaults, **rename_options(overrides, _RENAMED, "LSTMModel")})
+
+
+@register_model(family="rnn", task="text_classification")
 def lstm_small(**overrides):
     """A 2-layer, 256-wide LSTM (about the parameter count of gpt_tiny)."""
-    return LSTMModel(**{**dict(vocab_size=256, dim=128, hidden_dim=256, num_layers=2),
-                        **overrides})
+    return _lstm(dict(vocab_size=256, dim=128, hidden_dim=256, num_layers=2), overrides)
 
 
-@register_model
+@register_model(family="rnn", task="text_classification")
 def lstm_tiny(**overrides):
     """A 1-layer, 128-wide LSTM for quick CPU runs."""
-    return LSTMModel(**{**dict(vocab_size=256, dim=128, hidden_dim=128, num_layers=1),
-                        **overrides})
+    return _lstm(dict(vocab_size=256, dim=128, hidden_dim=128, num_layers=1), overrides)

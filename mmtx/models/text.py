@@ -1,7 +1,7 @@
 """Text models on the shared layers: BERT-style encoder, GPT-style decoder, encoder-decoder.
 
 Every attention here is `mmtx.layers.Attention` (via `Encoder` / `Decoder`). Hugging Face GPT-2
-and BERT checkpoints convert with `from_hf_gpt2` / `from_hf_bert` (in `text_hf.py`).
+and BERT checkpoints convert with `from_hf_gpt2` / `from_hf_bert` (reading them: `text_hf.py`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,14 @@ import torch
 import torch.nn as nn
 
 from ..layers import Decoder, Encoder, RotaryEmbedding, make_act, sinusoidal_encoding
+from .compat import rename_options, renamed_options
 from .decoding import beam_search, check_sampling_args, sample_next
 from .registry import register_model
+from .text_hf import bert_kwargs, gpt2_kwargs, load_bert_weights, load_gpt2_weights
 
 POSITIONS = ("learned", "sinusoidal", "rope")
+# The old spellings of the dropout options, still read from configs (see compat.py).
+_RENAMED = {"dropout": "drop_rate", "attn_drop": "attn_drop_rate"}
 
 
 def check_ids(ids: torch.Tensor, vocab_size: int, name: str = "ids") -> None:
@@ -42,7 +46,7 @@ class TextEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, dim: int, max_len: int, *, pos: str = "learned",
                  type_vocab_size: int = 0, norm: bool = False, norm_eps: float = 1e-12,
-                 dropout: float = 0.0):
+                 drop_rate: float = 0.0):
         super().__init__()
         if pos not in POSITIONS:
             raise ValueError(f"pos must be one of {POSITIONS}, got {pos!r}")
@@ -53,7 +57,7 @@ class TextEmbedding(nn.Module):
             self.register_buffer("pos_table", sinusoidal_encoding(max_len, dim), persistent=False)
         self.types = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else nn.Identity()
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(drop_rate)
 
     def check(self, ids: torch.Tensor, length: int | None = None) -> None:
         check_ids(ids, self.vocab_size)
@@ -111,29 +115,32 @@ class TextEncoder(nn.Module):
     `forward` returns class logits when num_classes > 0, else MLM logits.
     norm_first=False is BERT's post-norm (then the embeddings are normalised and there is no
     final norm). pool: "cls" (the first token, through a tanh pooler as BERT) or "mean".
+    drop_rate: dropout on embeddings, residual branches and before the classifier.
     """
 
+    @renamed_options(**_RENAMED)
     def __init__(self, vocab_size: int = 30522, max_len: int = 512, dim: int = 256,
                  depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0, *,
                  pos: str = "learned", type_vocab_size: int = 0, norm_first: bool = True,
-                 norm_eps: float = 1e-12, act: str = "gelu", dropout: float = 0.1,
-                 attn_drop: float = 0.1, num_classes: int = 0, pool: str = "cls",
-                 mlm_head: bool = True, pooler: bool = True):
+                 norm_eps: float = 1e-12, act: str = "gelu", drop_rate: float = 0.1,
+                 attn_drop_rate: float = 0.1, drop_path_rate: float = 0.0, num_classes: int = 0,
+                 pool: str = "cls", mlm_head: bool = True, pooler: bool = True):
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         self.num_classes, self.pool = num_classes, pool
         self.embed = TextEmbedding(vocab_size, dim, max_len, pos=pos,
                                    type_vocab_size=type_vocab_size, norm=not norm_first,
-                                   norm_eps=norm_eps, dropout=dropout)
+                                   norm_eps=norm_eps, drop_rate=drop_rate)
         self.rope = RotaryEmbedding(dim // num_heads) if pos == "rope" else None
         self.encoder = Encoder(depth, dim, num_heads, mlp_ratio, norm_first=norm_first,
                                final_norm=norm_first, norm_eps=norm_eps, act=act, qkv_bias=True,
-                               attn_drop=attn_drop, proj_drop=dropout)
+                               attn_drop=attn_drop_rate, proj_drop=drop_rate,
+                               drop_path=drop_path_rate)
         self.mlm = MLMHead(dim, self.embed.tok, act, norm_eps) if mlm_head else None
         self.pooler = nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) \
             if pooler and pool == "cls" else nn.Identity()
-        self.head_drop = nn.Dropout(dropout)
+        self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dim, num_classes) if num_classes else None
         self.init_weights()
 
@@ -180,16 +187,19 @@ class TextDecoder(nn.Module):
     `generate` decodes with the KV cache of `mmtx.layers.Transformer.new_cache()`.
     """
 
+    @renamed_options(**_RENAMED)
     def __init__(self, vocab_size: int = 50257, max_len: int = 1024, dim: int = 256,
                  depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0, *,
                  pos: str = "learned", norm_eps: float = 1e-5, act: str = "gelu_tanh",
-                 dropout: float = 0.0, attn_drop: float = 0.0, tie_weights: bool = True):
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, tie_weights: bool = True):
         super().__init__()
         self.vocab_size, self.max_len = vocab_size, max_len
-        self.embed = TextEmbedding(vocab_size, dim, max_len, pos=pos, dropout=dropout)
+        self.embed = TextEmbedding(vocab_size, dim, max_len, pos=pos, drop_rate=drop_rate)
         self.rope = RotaryEmbedding(dim // num_heads) if pos == "rope" else None
         self.blocks = Decoder(depth, dim, num_heads, mlp_ratio, norm_eps=norm_eps, act=act,
-                              qkv_bias=True, attn_drop=attn_drop, proj_drop=dropout)
+                              qkv_bias=True, attn_drop=attn_drop_rate, proj_drop=drop_rate,
+                              drop_path=drop_path_rate)
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)
         self.init_weights()
         if tie_weights:  # GPT-2 ties the output projection to the token embedding
@@ -281,19 +291,23 @@ class Seq2Seq(nn.Module):
     `generate(src, max_new_tokens, beam_width=1)` is greedy, wider is beam search.
     """
 
+    @renamed_options(**_RENAMED)
     def __init__(self, vocab_size: int = 1000, max_len: int = 256, dim: int = 256,
                  depth: int = 3, num_heads: int = 4, mlp_ratio: float = 4.0, *,
                  decoder_depth: int | None = None, tgt_vocab_size: int | None = None,
                  pos: str = "learned", norm_first: bool = True, norm_eps: float = 1e-5,
-                 act: str = "gelu", dropout: float = 0.1, bos_id: int = 1, eos_id: int = 2,
+                 act: str = "gelu", drop_rate: float = 0.1, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, bos_id: int = 1, eos_id: int = 2,
                  pad_id: int = 0):
         super().__init__()
         tgt_vocab_size = tgt_vocab_size or vocab_size
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         kw = dict(norm_first=norm_first, final_norm=norm_first, norm_eps=norm_eps, act=act,
-                  qkv_bias=True, proj_drop=dropout)
-        self.src_embed = TextEmbedding(vocab_size, dim, max_len, pos=pos, dropout=dropout)
-        self.tgt_embed = TextEmbedding(tgt_vocab_size, dim, max_len, pos=pos, dropout=dropout)
+                  qkv_bias=True, attn_drop=attn_drop_rate, proj_drop=drop_rate,
+                  drop_path=drop_path_rate)
+        self.src_embed = TextEmbedding(vocab_size, dim, max_len, pos=pos, drop_rate=drop_rate)
+        self.tgt_embed = TextEmbedding(tgt_vocab_size, dim, max_len, pos=pos,
+                                       drop_rate=drop_rate)
         self.rope = RotaryEmbedding(dim // num_heads) if pos == "rope" else None
         self.encoder = Encoder(depth, dim, num_heads, mlp_ratio, **kw)
         self.decoder = Decoder(decoder_depth or depth, dim, num_heads, mlp_ratio,
@@ -347,42 +361,69 @@ class Seq2Seq(nn.Module):
         return beam_search(step, reorder, start, K, max_new_tokens, self.eos_id, length_penalty)
 
 
-@register_model
+def _build(cls, defaults: dict, overrides: dict):
+    # Old option names are renamed before the merge, so `dropout` replaces a default drop_rate.
+    return cls(**{**defaults, **rename_options(overrides, _RENAMED, cls.__name__)})
+
+
+@register_model(family="text", task="causal_lm")
 def gpt_tiny(**overrides):
     """~0.8M params: a character-level GPT for CPU experiments."""
-    return TextDecoder(**{**dict(vocab_size=256, max_len=256, dim=128, depth=4, num_heads=4),
-                          **overrides})
+    return _build(TextDecoder, dict(vocab_size=256, max_len=256, dim=128, depth=4, num_heads=4),
+                  overrides)
 
 
-@register_model
+@register_model(family="text", task="causal_lm")
 def gpt_small(**overrides):
     """GPT-2 small's shape (124M with the GPT-2 vocabulary)."""
-    return TextDecoder(**{**dict(vocab_size=50257, max_len=1024, dim=768, depth=12,
-                                 num_heads=12, dropout=0.1), **overrides})
+    return _build(TextDecoder, dict(vocab_size=50257, max_len=1024, dim=768, depth=12,
+                                    num_heads=12, drop_rate=0.1), overrides)
 
 
-@register_model
+@register_model(family="text", task="masked_lm")
 def bert_tiny(**overrides):
     """BERT-tiny's shape (2 layers, 128 wide), post-norm, with token types."""
-    return TextEncoder(**{**dict(vocab_size=30522, max_len=512, dim=128, depth=2, num_heads=2,
-                                 norm_first=False, type_vocab_size=2), **overrides})
+    return _build(TextEncoder, dict(vocab_size=30522, max_len=512, dim=128, depth=2,
+                                    num_heads=2, norm_first=False, type_vocab_size=2), overrides)
 
 
-@register_model
+@register_model(family="text", task="masked_lm")
 def bert_small(**overrides):
     """BERT-small's shape (4 layers, 512 wide), post-norm, with token types."""
-    return TextEncoder(**{**dict(vocab_size=30522, max_len=512, dim=512, depth=4, num_heads=8,
-                                 norm_first=False, type_vocab_size=2), **overrides})
+    return _build(TextEncoder, dict(vocab_size=30522, max_len=512, dim=512, depth=4,
+                                    num_heads=8, norm_first=False, type_vocab_size=2), overrides)
 
 
-@register_model
+@register_model(family="text", task="seq2seq")
 def seq2seq_tiny(**overrides):
     """A small encoder-decoder for the synthetic seq2seq tasks."""
-    return Seq2Seq(**{**dict(vocab_size=64, max_len=128, dim=128, depth=2, num_heads=4),
-                      **overrides})
+    return _build(Seq2Seq, dict(vocab_size=64, max_len=128, dim=128, depth=2, num_heads=4),
+                  overrides)
 
 
-from .text_hf import from_hf_bert, from_hf_gpt2  # noqa: E402  (re-exported public names)
+# --- Hugging Face conversion (the reading of HF models is in text_hf.py) ----------------------
+
+
+def from_hf_gpt2(hf_model) -> TextDecoder:
+    """A `TextDecoder` with the weights of a `GPT2LMHeadModel` or `GPT2Model`.
+
+    Logits and hidden states agree with the HF model to 1e-4 (fp32). A bare GPT2Model has no
+    separate head, so the converted model ties its output to the token embedding, as GPT-2 does.
+    """
+    model = TextDecoder(**gpt2_kwargs(hf_model))
+    load_gpt2_weights(model, hf_model)
+    return model.train(hf_model.training)
+
+
+def from_hf_bert(hf_model) -> TextEncoder:
+    """A `TextEncoder` (post-norm) with the weights of a `BertModel` or `BertForMaskedLM`.
+
+    BertModel's pooler becomes the [CLS] pooler; BertForMaskedLM's head becomes the MLM head.
+    """
+    model = TextEncoder(**bert_kwargs(hf_model))
+    load_bert_weights(model, hf_model)
+    return model.train(hf_model.training)
+
 
 __all__ = ["TextEmbedding", "TextEncoder", "TextDecoder", "Seq2Seq", "MLMHead",
            "from_hf_gpt2", "from_hf_bert"]

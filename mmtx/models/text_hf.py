@@ -1,7 +1,9 @@
-"""Hugging Face GPT-2 / BERT -> mmtx text models, weights copied (how pretrained checkpoints load).
+"""Reading Hugging Face GPT-2 / BERT models: their options as mmtx text-model arguments, and
+their weights copied into a model built from those (how pretrained checkpoints load).
 
-Only the model object is read: nothing is downloaded here. An option mmtx cannot reproduce
-exactly raises ValueError naming it.
+`mmtx.models.text.from_hf_gpt2` / `from_hf_bert` build the model in between; this module
+imports no mmtx model, so the text models can import it. Only the model object is read: nothing
+is downloaded here. An option mmtx cannot reproduce exactly raises ValueError naming it.
 """
 
 from __future__ import annotations
@@ -44,20 +46,19 @@ def _copy(dst: nn.Module, src: nn.Module, transpose: bool = False) -> None:
         dst.bias.data.copy_(src.bias.detach())
 
 
-@torch.no_grad()
-def from_hf_gpt2(hf_model):
-    """A `TextDecoder` with the weights of a `GPT2LMHeadModel` or `GPT2Model`.
-
-    Logits and hidden states agree with the HF model to 1e-4 (fp32). A bare GPT2Model has no
-    separate head, so the converted model ties its output to the token embedding, as GPT-2 does.
-    """
-    from .text import TextDecoder
-
+def _gpt2_core(hf_model):
     core = getattr(hf_model, "transformer", hf_model)
-    cfg = hf_model.config
-    if getattr(cfg, "model_type", None) != "gpt2" or not hasattr(core, "h"):
+    if getattr(hf_model.config, "model_type", None) != "gpt2" or not hasattr(core, "h"):
         raise ValueError(f"hf_model must be a GPT2LMHeadModel or GPT2Model, got "
                          f"{type(hf_model).__name__}")
+    return core
+
+
+def gpt2_kwargs(hf_model) -> dict:
+    """`TextDecoder` arguments for a `GPT2LMHeadModel` / `GPT2Model`; ValueError on an option
+    mmtx cannot reproduce."""
+    core = _gpt2_core(hf_model)
+    cfg = hf_model.config
     _unsupported("GPT-2", {
         "scale_attn_by_inverse_layer_idx": cfg.scale_attn_by_inverse_layer_idx,
         "add_cross_attention": cfg.add_cross_attention,
@@ -66,15 +67,21 @@ def from_hf_gpt2(hf_model):
         raise ValueError("GPT-2 option(s) not supported by mmtx: scale_attn_weights=False")
     dim = cfg.n_embd
     head = getattr(hf_model, "lm_head", None)
-    tied = head is None or head.weight is core.wte.weight
-    model = TextDecoder(
+    return dict(
         vocab_size=cfg.vocab_size, max_len=cfg.n_positions, dim=dim, depth=cfg.n_layer,
         num_heads=cfg.n_head,
         mlp_ratio=_mlp_ratio("GPT-2", "n_inner", cfg.n_inner or 4 * dim, dim),
         norm_eps=cfg.layer_norm_epsilon, act=_act("GPT-2", "activation_function",
                                                   cfg.activation_function),
-        dropout=cfg.resid_pdrop, attn_drop=cfg.attn_pdrop, tie_weights=tied)
-    model.embed.drop.p = cfg.embd_pdrop
+        drop_rate=cfg.resid_pdrop, attn_drop_rate=cfg.attn_pdrop,
+        tie_weights=head is None or head.weight is core.wte.weight)
+
+
+@torch.no_grad()
+def load_gpt2_weights(model: nn.Module, hf_model) -> None:
+    """Copy a GPT-2's weights into a `TextDecoder` built with `gpt2_kwargs(hf_model)`."""
+    core = _gpt2_core(hf_model)
+    model.embed.drop.p = hf_model.config.embd_pdrop  # GPT-2 has its own embedding dropout
     _copy(model.embed.tok, core.wte)
     _copy(model.embed.pos, core.wpe)
     for block, h in zip(model.blocks.blocks, core.h):
@@ -85,40 +92,49 @@ def from_hf_gpt2(hf_model):
         _copy(block.mlp.fc1, h.mlp.c_fc, transpose=True)
         _copy(block.mlp.fc2, h.mlp.c_proj, transpose=True)
     _copy(model.blocks.norm, core.ln_f)
-    if not tied:
+    head = getattr(hf_model, "lm_head", None)
+    if head is not None and head.weight is not core.wte.weight:
         _copy(model.lm_head, head)
-    return model.train(hf_model.training)
 
 
-@torch.no_grad()
-def from_hf_bert(hf_model):
-    """A `TextEncoder` (post-norm) with the weights of a `BertModel` or `BertForMaskedLM`.
-
-    BertModel's pooler becomes the [CLS] pooler; BertForMaskedLM's head becomes the MLM head.
-    """
-    from .text import TextEncoder
-
-    cfg = hf_model.config
+def _bert_core(hf_model):
     core = getattr(hf_model, "bert", hf_model)
-    if getattr(cfg, "model_type", None) != "bert" or not hasattr(core, "embeddings"):
+    if getattr(hf_model.config, "model_type", None) != "bert" or not hasattr(core, "embeddings"):
         raise ValueError(f"hf_model must be a BertModel or BertForMaskedLM, got "
                          f"{type(hf_model).__name__}")
+    return core
+
+
+def bert_kwargs(hf_model) -> dict:
+    """`TextEncoder` arguments for a `BertModel` / `BertForMaskedLM`; ValueError on an option
+    mmtx cannot reproduce."""
+    core = _bert_core(hf_model)
+    cfg = hf_model.config
     pos_type = getattr(cfg, "position_embedding_type", "absolute")
     _unsupported("BERT", {
         "position_embedding_type": pos_type if pos_type != "absolute" else None,
         "is_decoder": cfg.is_decoder, "add_cross_attention": cfg.add_cross_attention,
     })
-    dim = cfg.hidden_size
     cls = getattr(hf_model, "cls", None)
-    pooler = getattr(core, "pooler", None)
-    model = TextEncoder(
+    if cls is not None and cls.predictions.decoder.weight is not \
+            core.embeddings.word_embeddings.weight:
+        raise ValueError("BERT option tie_word_embeddings=False is not supported by mmtx "
+                         "(the MLM decoder is tied to the token embedding)")
+    dim = cfg.hidden_size
+    return dict(
         vocab_size=cfg.vocab_size, max_len=cfg.max_position_embeddings, dim=dim,
         depth=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
         mlp_ratio=_mlp_ratio("BERT", "intermediate_size", cfg.intermediate_size, dim),
         type_vocab_size=cfg.type_vocab_size, norm_first=False, norm_eps=cfg.layer_norm_eps,
-        act=_act("BERT", "hidden_act", cfg.hidden_act), dropout=cfg.hidden_dropout_prob,
-        attn_drop=cfg.attention_probs_dropout_prob, mlm_head=cls is not None,
-        pooler=pooler is not None)
+        act=_act("BERT", "hidden_act", cfg.hidden_act), drop_rate=cfg.hidden_dropout_prob,
+        attn_drop_rate=cfg.attention_probs_dropout_prob, mlm_head=cls is not None,
+        pooler=getattr(core, "pooler", None) is not None)
+
+
+@torch.no_grad()
+def load_bert_weights(model: nn.Module, hf_model) -> None:
+    """Copy a BERT's weights into a `TextEncoder` built with `bert_kwargs(hf_model)`."""
+    core = _bert_core(hf_model)
     emb = core.embeddings
     _copy(model.embed.tok, emb.word_embeddings)
     _copy(model.embed.pos, emb.position_embeddings)
@@ -135,14 +151,12 @@ def from_hf_bert(hf_model):
         _copy(block.mlp.fc1, layer.intermediate.dense)
         _copy(block.mlp.fc2, layer.output.dense)
         _copy(block.norm2, layer.output.LayerNorm)
+    pooler = getattr(core, "pooler", None)
     if pooler is not None:
         _copy(model.pooler[0], pooler.dense)
+    cls = getattr(hf_model, "cls", None)
     if cls is not None:
         pred = cls.predictions
-        if pred.decoder.weight is not emb.word_embeddings.weight:
-            raise ValueError("BERT option tie_word_embeddings=False is not supported by mmtx "
-                             "(the MLM decoder is tied to the token embedding)")
         _copy(model.mlm.dense, pred.transform.dense)
         _copy(model.mlm.norm, pred.transform.LayerNorm)
         model.mlm.bias.copy_(pred.bias)
-    return model.train(hf_model.training)

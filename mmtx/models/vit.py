@@ -312,42 +312,42 @@ def _vit(defaults: dict, overrides: dict) -> ViT:
     return ViT(**{**defaults, **overrides})
 
 
-@register_model
+@register_model(family="vit", task="classification")
 def vit_micro_patch2_16(**kw) -> ViT:
     """A very small ViT for 8-16 px images (the 8x8 digits: 16 tokens); CPU-trainable."""
     return _vit(dict(img_size=16, patch_size=2, in_chans=3, num_classes=10, dim=64, depth=4,
                      num_heads=4, mlp_ratio=2.0), kw)
 
 
-@register_model
+@register_model(family="vit", task="classification")
 def vit_tiny_patch2_16(**kw) -> ViT:
     return _vit(dict(img_size=16, patch_size=2, num_classes=10, dim=192, depth=12,
                      num_heads=3), kw)
 
 
-@register_model
+@register_model(family="vit", task="classification")
 def vit_tiny_patch4_32(**kw) -> ViT:
     return _vit(dict(img_size=32, patch_size=4, num_classes=10, dim=192, depth=12,
                      num_heads=3), kw)
 
 
-@register_model
+@register_model(family="vit", task="classification")
 def vit_small_patch4_32(**kw) -> ViT:
     return _vit(dict(img_size=32, patch_size=4, num_classes=10, dim=384, depth=12,
                      num_heads=6), kw)
 
 
-@register_model
+@register_model(family="vit", task="classification")
 def vit_tiny_patch16_224(**kw) -> ViT:
     return _vit(dict(dim=192, depth=12, num_heads=3), kw)
 
 
-@register_model
+@register_model(family="vit", task="classification")
 def vit_small_patch16_224(**kw) -> ViT:
     return _vit(dict(dim=384, depth=12, num_heads=6), kw)
 
 
-@register_model
+@register_model(family="vit", task="classification")
 def vit_base_patch16_224(**kw) -> ViT:
     return _vit(dict(dim=768, depth=12, num_heads=12), kw)
 
