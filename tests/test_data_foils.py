@@ -236,3 +236,24 @@ def test_collate_pads_objects_and_lists_foils():
     if counts[0] > 1:
         with pytest.raises(ValueError, match="object counts"):
             collate([bad, items[1]])
+
+
+def test_caption_collate_encodes_one_foil_per_item():
+    ds = ShapesDataset(24, task="caption", colours=["red", "blue"], return_foils=True)
+    items = [ds[i] for i in range(len(ds))]
+    tok = WordTokenizer(shapes_vocabulary())
+    batch = CaptionCollate(tok, foils=["swap_attributes", "reverse_relation"])(items)
+    for b, it in enumerate(items):
+        want = it["foil_swap_attributes"] or it["foil_reverse_relation"]
+        assert batch["has_foil"][b].item() == (want is not None)
+        ids = batch["foil_ids"][b][batch["foil_mask"][b]].tolist()
+        assert tok.decode(ids) == (want or it["caption"])
+    # two colours only: many items cannot swap colours and fall back to the next kind
+    assert any(it["foil_swap_attributes"] is None and it["foil_reverse_relation"] is not None
+               for it in items)
+    assert (batch["foil_ids"] != batch["caption_ids"]).any(dim=1).tolist() == batch[
+        "has_foil"].tolist()
+    with pytest.raises(ValueError, match="return_foils"):
+        CaptionCollate(tok, foils="swap_objects")([ShapesDataset(4, task="caption")[0]])
+    with pytest.raises(ValueError, match="kinds"):
+        CaptionCollate(tok, foils="swap_everything")

@@ -6,6 +6,8 @@ import numbers
 
 import torch
 
+from .scene_text import check_foil_kinds
+
 
 def collate(items: list[dict]) -> dict:
     """Stack a list of item dicts into a batch dict.
@@ -82,14 +84,20 @@ class CaptionCollate:
     a decoder always learns to stop) and right-padded with pad_id; the mask is True on real
     tokens. L is the longest caption in the batch, or `max_len` when `pad_to_max_len`.
     A class rather than a closure so DataLoader workers can pickle it.
+
+    With `foils` (a foil kind or several, items from ShapesDataset(return_foils=...)), each
+    item's first existing foil among those kinds is encoded too: `foil_ids` / `foil_mask` like
+    the captions, and `has_foil` (B,) bool, False where the item has none (its row then holds
+    the caption itself; pass has_foil as clip_loss's hard_negative_mask).
     """
 
     def __init__(self, tokenizer, max_len: int = 32, pad_to_max_len: bool = False,
-                 key: str = "caption"):
+                 key: str = "caption", foils=None):
         if max_len < 2:
             raise ValueError(f"max_len: expected >= 2 (room for bos and eos), got {max_len}")
         self.tokenizer, self.max_len, self.pad_to_max_len, self.key = (
             tokenizer, int(max_len), pad_to_max_len, key)
+        self.foils = None if foils is None else check_foil_kinds(foils)
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer
@@ -113,4 +121,17 @@ class CaptionCollate:
             raise ValueError(f"CaptionCollate: items have no {self.key!r} key; "
                              f"keys are {sorted(batch)}")
         batch["caption_ids"], batch["caption_mask"] = self.encode(batch[self.key])
+        if self.foils:
+            missing = [f"foil_{k}" for k in self.foils if f"foil_{k}" not in batch]
+            if missing:
+                raise ValueError(f"CaptionCollate: items have no {missing} key(s); build the "
+                                 f"dataset with return_foils={list(self.foils)}")
+            texts, has = [], []
+            for b, caption in enumerate(batch[self.key]):
+                foil = next((batch[f"foil_{k}"][b] for k in self.foils
+                             if batch[f"foil_{k}"][b] is not None), None)
+                texts.append(caption if foil is None else foil)
+                has.append(foil is not None)
+            batch["foil_ids"], batch["foil_mask"] = self.encode(texts)
+            batch["has_foil"] = torch.tensor(has, dtype=torch.bool)  # (B,)
         return batch
