@@ -119,7 +119,7 @@ def build_dataset(name: str, split: str = "train", *, root=None, download: bool 
         augment: "none" | "light" | "strong"; applied to the train split only.
         image_size: output side; datasets resize to it where it differs from their own.
         kwargs: dataset options, e.g. shapes: num_samples, task, num_objects, noise, clutter,
-            cache, scene_seed; folders: skip_bad.
+            cache, scene_seed, return_objects, return_foils; folders: skip_bad.
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; valid names (nearest first): "

@@ -64,9 +64,6 @@ STD = (0.5, 0.5, 0.5)
 _CLEAR = 2.0
 
 
-_spatial = spatial  # the old private name
-
-
 def shapes_vocabulary() -> list[str]:
     """Every word and mark a shapes caption can use, so a WordTokenizer built from it never
     meets <unk> on any split: WordTokenizer(shapes_vocabulary())."""
@@ -329,10 +326,10 @@ class ShapesDataset(Dataset):
         if self.return_objects or self.return_foils:
             if objects is None:  # cached pixels: the scene alone is cheap to redraw
                 objects = self.scene(index)
-            item.update(self.objects_of(objects))
+            item.update(self._opt_in_keys(objects))
         return item
 
-    def objects_of(self, objects: list[Obj]) -> dict:
+    def _opt_in_keys(self, objects: list[Obj]) -> dict:
         """The opt-in keys (object masks and boxes, foils) for a scene's objects."""
         out = {}
         if self.return_objects:
