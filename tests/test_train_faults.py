@@ -144,3 +144,41 @@ def test_sigint_saves_a_checkpoint_then_exits(tmp_path):
     steps = [s for s, _ in list_checkpoints(tmp_path)]
     assert len(steps) == 1 and 3 <= steps[0] < 500  # checkpoint_every 0: only the SIGINT one
     assert not (tmp_path / "summary.json").exists()
+
+
+class _NanGrad(torch.autograd.Function):
+    """Identity forward; NaN gradient backward: a finite loss with non-finite gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+class NanGradMLP(TinyMLP):
+    def __init__(self, nan_grad_at_call):
+        super().__init__(dropout=0.0)
+        self.nan_grad_at_call = nan_grad_at_call
+
+    def forward(self, x):
+        out = self.net(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.nan_grad_at_call:
+                out = _NanGrad.apply(out)
+        return out
+
+
+@pytest.mark.parametrize("clip_grad", [1.0, None])
+def test_nan_gradients_with_a_finite_loss_are_never_applied_or_saved(tmp_path, clip_grad):
+    cfg = tiny_config(max_steps=12, checkpoint_every=1, keep_last=10, eval_every=0)
+    cfg["optim"]["clip_grad"] = clip_grad
+    with pytest.raises(NonFiniteLossError, match=r"at step 4 \(loss [\d.]+, gradient norm nan"):
+        train(cfg, run_dir=tmp_path, data=splits(), model=NanGradMLP(nan_grad_at_call=4))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 2, 3]
+    for _, path in list_checkpoints(tmp_path):
+        weights = load_weights(TinyMLP(), path / "model.safetensors")
+        assert all(torch.isfinite(p).all() for p in weights.parameters())

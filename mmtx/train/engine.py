@@ -37,7 +37,8 @@ from .tasks import create_task
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the run stopped and its last good checkpoint is kept."""
+    """The loss, the gradients or the weights became NaN or inf; the run stopped and its last
+    good checkpoint is kept."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -146,8 +147,20 @@ class Trainer:
         return state
 
     def _save(self, state: dict) -> Path:
+        # Never let a checkpoint hold non-finite weights: it would become "the last good one".
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._stop_nonfinite("weights", state["step"], self.log, None)
         return ckpt.save_checkpoint(self.accelerator, self.run_dir, state["step"], state,
                                     ema=self.ema, keep_last=self.cfg.train.keep_last)
+
+    def _stop_nonfinite(self, what: str, step: int, log: RunLogger, bar) -> None:
+        last = ckpt.latest_checkpoint(self.run_dir)
+        log.log({"event/nonfinite_loss": 1.0}, step=step)
+        if bar is not None:
+            bar.close()
+        raise NonFiniteLossError(
+            f"not finite at step {step} ({what}); stopping. The last good checkpoint is "
+            f"{str(last) if last else 'none (no checkpoint was saved yet)'}")
 
     # ---------------------------------------------------------------- data
     def _micro_batches(self, epoch: int, pos: int):
@@ -234,8 +247,7 @@ class Trainer:
                    disable=not (self.main and cfg.logging.progress))
         window = defaultdict(float)  # sums of train metrics since the last log line
         window_n, window_items, window_time = 0, 0, 0.0
-        session_items, session_time = 0, 0.0
-        last_eval, last_metrics = {}, {}
+        last_metrics = {}
         self.model.train()
         while state["step"] < self.total_steps:
             step = state["step"]  # steps done so far; this one is number step + 1
@@ -254,20 +266,18 @@ class Trainer:
                 for name, v in metrics.items():
                     metric_sums[name] = metric_sums.get(name, 0) + v.detach().float() / accum
                 items += self.task.count(batch)
+            # The gradient norm is checked with the loss: a finite loss can still give NaN or
+            # inf gradients, and applying them would put non-finite weights in the next
+            # checkpoint. (max_norm inf measures without clipping.)
+            grad_norm = accel.clip_grad_norm_(self.model.parameters(),
+                                              cfg.optim.clip_grad or float("inf"))
+            bad = not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm))
             # One small all-reduce tells every process about a NaN or a Ctrl-C on any of them.
-            flags = accel.reduce(torch.tensor([0.0 if torch.isfinite(loss_sum) else 1.0,
-                                             float(self._interrupted)], device=accel.device), "sum")
+            flags = accel.reduce(torch.tensor([float(bad), float(self._interrupted)],
+                                              device=accel.device), "sum")
             if flags[0] > 0:
-                last = ckpt.latest_checkpoint(self.run_dir)
-                msg = (f"loss is {loss_sum.item() / accum} (not finite) at step {step + 1}; "
-                       f"stopping. The last good checkpoint is "
-                       f"{str(last) if last else 'none (no checkpoint was saved yet)'}")
-                log.log({"event/nonfinite_loss": 1.0}, step=step + 1)
-                bar.close()
-                raise NonFiniteLossError(msg)
-            grad_norm = None
-            if cfg.optim.clip_grad:
-                grad_norm = accel.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+                self._stop_nonfinite(f"loss {loss_sum.item() / accum}, gradient norm "
+                                     f"{float(grad_norm)}", step + 1, log, bar)
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
@@ -279,15 +289,12 @@ class Trainer:
             dt = time.perf_counter() - tic
             global_items = items * accel.num_processes
             window_items += global_items
-            session_items += global_items
             window_time += dt
-            session_time += dt
             state["train_s"] += dt
             state["items"] += global_items
             for name, v in metric_sums.items():
                 window[name] += v
-            if grad_norm is not None:
-                window["grad_norm"] += grad_norm.detach().float()
+            window["grad_norm"] += grad_norm.detach().float()
             window_n += 1
             bar.update(1)
 
@@ -304,7 +311,7 @@ class Trainer:
                 window.clear()
                 window_n, window_items, window_time = 0, 0, 0.0
             if t.eval_every and step % t.eval_every == 0 and step < self.total_steps:
-                last_eval = self._eval_and_log("val", step, log)
+                self._eval_and_log("val", step, log)
             if t.checkpoint_every and step % t.checkpoint_every == 0:
                 self._save(state)
             if flags[1] > 0:
@@ -315,7 +322,7 @@ class Trainer:
                 raise TrainingInterrupted(f"interrupted at step {step}; checkpoint {path}")
         bar.close()
         self._save(state)
-        return self._finish(state, log, last_metrics, last_eval, session_items, session_time, t0)
+        return self._finish(state, log, last_metrics, t0)
 
     def _eval_and_log(self, split: str, step: int, log: RunLogger) -> dict:
         if split not in self.eval_loaders:
@@ -332,7 +339,7 @@ class Trainer:
                 log.log_examples(f"{split}/examples", self._examples[1], step)
         return result
 
-    def _finish(self, state, log, last_metrics, last_eval, session_items, session_time, t0):
+    def _finish(self, state, log, last_metrics, t0):
         step, unit = state["step"], self.task.unit
         val = self._eval_and_log("val", step, log)
         test = self._eval_and_log("test", step, log)
@@ -344,7 +351,8 @@ class Trainer:
                 self.train_loader),
             "precision": self.precision, "num_processes": self.accelerator.num_processes,
             "global_batch_size": self.global_batch, "params": self.params,
-            f"train_{unit}_per_s": session_items / session_time if session_time else None,
+            # over every step of the run, resumed sessions included
+            f"train_{unit}_per_s": state["items"] / state["train_s"] if state["train_s"] else None,
             "train_s": state["train_s"], "wall_s": time.perf_counter() - t0,
             "resumed_from": state["resumed_from"], "ema": self.ema is not None,
             "run_dir": str(self.run_dir), "wandb_run_id": state["wandb_run_id"],
