@@ -74,3 +74,11 @@ def test_model_contract(name, small_model):
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{name}: {pname} got no gradient (unused parameter)"
         assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dropout_options_have_one_spelling(name, small_model):
+    # Every family takes drop_rate; those with attention take attn_drop_rate and drop_path_rate.
+    attention = model_info(name).family not in ("cnn", "rnn")
+    extra = dict(attn_drop_rate=0.1, drop_path_rate=0.1) if attention else {}
+    small_model(name, drop_rate=0.1, **extra)

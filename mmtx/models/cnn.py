@@ -24,10 +24,11 @@ class SmallResNet(ResNet):
     """torchvision ResNet with a 3x3 stride-1 stem and no max-pool, for 8-64 px images.
 
     `img_size` is accepted for a uniform factory signature; the network takes any size.
+    drop_rate: dropout before the classifier (timm's ResNet option; torchvision has none).
     """
 
     def __init__(self, layers=(2, 2, 2, 2), num_classes: int = 10, in_chans: int = 3,
-                 img_size=32, zero_init_residual: bool = True):
+                 img_size=32, zero_init_residual: bool = True, drop_rate: float = 0.0):
         # zero_init_residual: each block starts as the identity (Goyal et al. 2017), which
         # helps small-batch / short-schedule training that these baselines are used for.
         super().__init__(BasicBlock, list(layers), num_classes=max(num_classes, 1),
@@ -37,6 +38,7 @@ class SmallResNet(ResNet):
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.maxpool = nn.Identity()
         self.num_features = self.fc.in_features
+        self.drop = nn.Dropout(drop_rate)
         if num_classes == 0:
             self.fc = nn.Identity()
 
@@ -47,7 +49,7 @@ class SmallResNet(ResNet):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)  # (B, 512)
+        x = self.drop(torch.flatten(self.avgpool(x), 1))  # (B, 512)
         return x if pre_logits else self.fc(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
