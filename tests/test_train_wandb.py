@@ -58,3 +58,21 @@ def test_failing_wandb_warns_once_and_training_goes_on(tmp_path, monkeypatch):
     msgs = [str(w.message) for w in caught if "wandb" in str(w.message)]
     assert len(msgs) == 1 and "without W&B" in msgs[0]
     assert result["steps"] == 2
+
+
+def test_classification_artefacts_for_an_attention_model(tmp_path, monkeypatch):
+    """The classification task, not the engine, draws the ViT's attention rollout for W&B;
+    a model without attention maps (the MLP above) gets none, and no error."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    from mmtx.models import create_model
+
+    cfg = _wandb_config(2)
+    vit = create_model("vit_micro_patch2_16", num_classes=4, in_chans=1, img_size=8,
+                       patch_size=4, dim=16, depth=1, num_heads=2)
+    res = train(cfg, run_dir=tmp_path / "vit", data=splits(), model=vit)
+    assert (tmp_path / "vit" / "attention_rollout.png").stat().st_size > 0
+    assert len(res["test_predictions"]) == 40
+    train(cfg, run_dir=tmp_path / "mlp", data=splits())
+    assert not (tmp_path / "mlp" / "attention_rollout.png").exists()
+    assert (tmp_path / "mlp" / "test_predictions.json").exists()
