@@ -343,7 +343,9 @@ def test_factories():
     assert isinstance(ddpm, DDPM) and ddpm.num_steps == 100
     assert create_sampler("heun", steps=7).steps == 7
     assert create_sampler("ddpm", ddpm).steps == 100  # all steps by default
-    assert len(create_sampler("ddim", ddpm, steps=10).timesteps) == 10
+    assert create_sampler("ddim", ddpm, steps=10).timesteps[:2] == [99, 88]
+    assert create_sampler("ddim", ddpm, steps=10).timesteps[-1] == 0
+    assert create_sampler("ddim", ddpm, steps=1).timesteps == [99]  # from noise, not step 0
     x = sample(lambda x, t, c: torch.zeros_like(x), (2, 3, 4, 4), sampler="ddim", steps=5)
     assert x.shape == (2, 3, 4, 4)
 

@@ -15,6 +15,7 @@ import inspect
 from collections.abc import Callable
 
 import torch
+import torch.nn as nn
 
 from .ddpm import DDPM, cosine_alphabar, cosine_betas, linear_betas
 from .flow import FlowMatching
@@ -83,7 +84,7 @@ def sample(model_fn: Callable, shape, cond=None, *, objective=None, sampler: str
     default settings. cfg_scale != 1 wraps model_fn in `ClassifierFreeGuidance(model_fn,
     null_cond, cfg_scale)`. Randomness comes from `generator` if given, else from a fresh
     generator seeded with `seed` on `device` (None: a seed drawn from torch's global RNG), so
-    the same seed gives the same samples.
+    the same seed gives the same samples. device defaults to model_fn's (if a module), else CPU.
     sampler_kw: steps, eta, clip_x0, progress, autocast (see `create_sampler`).
     """
     if isinstance(objective, str):
@@ -97,7 +98,11 @@ def sample(model_fn: Callable, shape, cond=None, *, objective=None, sampler: str
                              f"condition'), got None")
         model_fn = ClassifierFreeGuidance(model_fn, null_cond, cfg_scale)
     if generator is None:
-        device = torch.device(device or "cpu")
+        if device is None:  # where the model is, if it is a module with parameters
+            param = next(model_fn.parameters(), None) if isinstance(model_fn, nn.Module) \
+                else None
+            device = "cpu" if param is None else param.device
+        device = torch.device(device)
         if seed is None:  # follow torch's global RNG, so torch.manual_seed still fixes it
             seed = int(torch.randint(2**62, ()))
         generator = torch.Generator(device).manual_seed(seed)

@@ -86,8 +86,8 @@ def _timesteps(num_steps: int, steps: int) -> list[int]:
     """`steps` DDPM steps evenly spread over 0 .. num_steps-1, descending (noise first)."""
     if steps > num_steps:
         raise ValueError(f"steps must be <= the objective's num_steps ({num_steps}), got {steps}")
-    ts = torch.linspace(0, num_steps - 1, steps).round().long().unique()
-    return ts.flip(0).tolist()
+    # Descending from the last step, so even steps=1 starts from (nearly) pure noise.
+    return torch.linspace(num_steps - 1, 0, steps).round().long().tolist()
 
 
 class _DDPMFamily(Sampler):
