@@ -125,7 +125,7 @@ class _RecomputeContext(KVCache):
 def bench_cross_cache(args, batch, src_len, new, repeats):
     torch.manual_seed(0)
     model = Seq2Seq(args.vocab, max_len=max(src_len, new + 1), dim=args.dim, depth=args.depth,
-                    num_heads=args.heads, dropout=0.0).eval()
+                    num_heads=args.heads, drop_rate=0.0).eval()
     src = torch.randint(3, args.vocab, (batch, src_len))
     stock = model.decoder.new_cache
 

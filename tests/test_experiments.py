@@ -198,3 +198,17 @@ def test_unfinished_run_of_another_model_is_not_resumed(tmp_path):
     (run_dir / "config.yaml").write_text("model: {name: resnet18_small, args: {}}\n")
     with pytest.raises(ValueError, match="another model config"):
         grid.execute(exp, run, tmp_path, 0)
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_yaml_file_in_experiments_reads(path):
+    """Each experiment file reads as its kind's schema (its base config checked), and each
+    training config as `mmtx train` reads it: no misspelt key ships."""
+    from mmtx.experiments.registry import load
+    from mmtx.train import load_config
+
+    tree = yaml.safe_load(path.read_text())
+    if "kind" in tree or "grid" in tree:
+        load(path)
+    else:
+        load_config(path)

@@ -72,7 +72,7 @@ def test_masked_lm_corruption_follows_80_10_10():
 def test_lstm_pools_the_last_real_token():
     torch.manual_seed(0)
     m = LSTMModel(vocab_size=10, dim=8, hidden_dim=8, num_layers=1, num_classes=3,
-                  pool="last", dropout=0.0).eval()
+                  pool="last", drop_rate=0.0).eval()
     ids = torch.randint(0, 10, (2, 6))
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
     out = m(ids, mask)
@@ -99,7 +99,7 @@ def test_apple_sentences_balanced_and_held_out_words():
 def test_seq2seq_task_learns_in_a_tiny_run(tmp_path):
     from mmtx.train import train
 
-    cfg = {"model": {"name": "seq2seq_tiny", "args": {"dim": 32, "depth": 1, "dropout": 0.0}},
+    cfg = {"model": {"name": "seq2seq_tiny", "args": {"dim": 32, "depth": 1, "drop_rate": 0.0}},
            "data": {"name": "seq2seq_synth", "args": {"num_samples": 256, "max_len": 5},
                     "batch_size": 32, "augment": False},
            "task": {"name": "seq2seq"}, "optim": {"lr": 3e-3},
