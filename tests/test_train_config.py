@@ -4,10 +4,12 @@ import math
 
 import pytest
 import yaml
-from test_train_support import TinyViT, single_thread  # noqa: F401
+from test_train_support import TinyViT
 
 from mmtx.train.config import Config, load_config
 from mmtx.train.optim import lr_factor, no_decay_names, param_groups
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_yaml_load_and_typed_overrides(tmp_path):

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-from test_train_support import run_in_subprocess_env, single_thread, splits  # noqa: F401
+from test_train_support import run_in_subprocess_env, splits
 
 from mmtx.train import list_checkpoints, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 # Same data order and items either way (the order and augmentations are functions of the seed,

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import TinyMLP, single_thread, splits, tiny_config  # noqa: F401
+from test_train_support import TinyMLP, splits, tiny_config
 
 from mmtx.train import list_checkpoints, load_config, load_weights, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,13 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import (  # noqa: F401
-    TinyMLP,
-    run_in_subprocess_env,
-    single_thread,
-    splits,
-    tiny_config,
-)
+from test_train_support import TinyMLP, run_in_subprocess_env, splits, tiny_config
 
 from mmtx.train import (
     NonFiniteLossError,
@@ -25,6 +19,8 @@ from mmtx.train import (
     load_weights,
     train,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "test_train_support.py"

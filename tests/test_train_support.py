@@ -7,26 +7,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 import torch.nn as nn
 
 from mmtx.layers import PatchEmbed, Transformer
 from mmtx.models import registry
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread during each engine test (the test modules import this fixture).
-
-    The models are tiny: on a shared 2-core machine thread sync costs ~50x the math. The
-    subprocess scripts call torch.set_num_threads(1) too, so every run in a test has the same
-    count (CPU results can depend on it).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class QuadrantDataset(torch.utils.data.Dataset):

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_train_support import single_thread  # noqa: F401
 
 from mmtx.data import collate
 from mmtx.train import Task, create_task, list_tasks, register_task, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class CountDataset(torch.utils.data.Dataset):

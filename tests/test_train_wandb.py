@@ -6,9 +6,11 @@ import sys
 import warnings
 
 import pytest
-from test_train_support import single_thread, splits, tiny_config  # noqa: F401
+from test_train_support import splits, tiny_config
 
 from mmtx.train import latest_checkpoint, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 wandb = pytest.importorskip("wandb")
 
