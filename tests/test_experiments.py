@@ -212,3 +212,45 @@ def test_every_yaml_file_in_experiments_reads(path):
         load(path)
     else:
         load_config(path)
+
+
+def _readme_data_commands() -> list[list[str]]:
+    """The `--set` lists of the README's "Other data" commands for the main job."""
+    import shlex
+
+    text = (Path(__file__).parents[1] / "README.md").read_text().replace("\\\n", " ")
+    cmds = [line.split("#")[0] for line in text.splitlines()
+            if line.startswith("mmtx run experiments/cnn_vs_vit.yaml --set base.data.name=")]
+    out = []
+    for cmd in cmds:
+        words = shlex.split(cmd)
+        out.append([words[i + 1] for i, w in enumerate(words) if w == "--set"])
+    return out
+
+
+def test_readme_commands_that_switch_the_data_of_the_main_job(tmp_path):
+    from PIL import Image
+
+    from mmtx.train import load_config
+    from mmtx.train.data import build_datasets
+
+    commands = _readme_data_commands()
+    assert {s.split("=")[1] for c in commands for s in c if s.startswith("base.data.name=")} \
+        == {"cifar10", "image_folder"}
+    for c, name in enumerate(("circle", "square")):  # root/<class>/*.png
+        for i in range(12):
+            (tmp_path / "images" / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), (20 * i, 200 * c, 0)).save(
+                tmp_path / "images" / name / f"{i}.png")
+    for overrides in commands:
+        overrides = [o.replace("path/to/folder", str(tmp_path / "images"))
+                     .replace("~/data", str(tmp_path / "cifar")) for o in overrides
+                     if o != "base.data.download=true"]  # offline here: no download
+        exp = load_experiment(QUICK, overrides)
+        cfg = load_config(grid.run_config(exp, exp.runs[0]))
+        if cfg.data.name == "image_folder":
+            data = build_datasets(cfg.data, 0)
+            assert data["train"][0]["image"].shape[0] == 3 and data["train"].num_classes == 2
+        else:  # the files are not there: the error says where to put them
+            with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+                build_datasets(cfg.data, 0)
