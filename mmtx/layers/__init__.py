@@ -15,6 +15,7 @@ from .blocks import (
     make_norm,
 )
 from .classic import AdditiveAttention, MultiplicativeAttention
+from .conditioning import LabelEmbedding, TimestepEmbedding, modulate, timestep_frequencies
 from .config import fused_attn_enabled, use_fused_attn
 from .local import local_attention
 from .masks import causal_mask, global_local_mask, in_window, padding_mask, sliding_window_mask
@@ -32,6 +33,7 @@ __all__ = [
     "fused_attn_enabled", "AdditiveAttention", "MultiplicativeAttention", "local_attention",
     "Block", "Decoder", "DropPath", "Encoder", "Intermediates", "Mlp", "SwiGLU", "Transformer",
     "ACTIVATIONS", "make_act", "make_norm",
+    "LabelEmbedding", "TimestepEmbedding", "modulate", "timestep_frequencies",
     "causal_mask", "global_local_mask", "in_window", "padding_mask", "sliding_window_mask",
     "PatchEmbed", "patchify", "unpatchify",
     "LearnedPositionEmbedding", "RotaryEmbedding", "resize_grid_table", "sincos_2d_encoding",

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import Attention, KVCache
+from .conditioning import modulate
 
 # Activation names every model's `act=` option takes, each a constructor of a fresh module.
 ACTIVATIONS = {
@@ -32,10 +33,12 @@ def make_act(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def make_norm(kind: str, dim: int, eps: float = 1e-6) -> nn.Module:
-    """LayerNorm (kind="layer") or RMSNorm (kind="rms") over the last dim `dim`."""
+def make_norm(kind: str, dim: int, eps: float = 1e-6, affine: bool = True) -> nn.Module:
+    """LayerNorm (kind="layer") or RMSNorm (kind="rms") over the last dim `dim`; affine=False
+    drops the learned scale and shift (adaLN predicts them from a condition instead)."""
     _choice("norm", kind, NORMS)
-    return nn.LayerNorm(dim, eps=eps) if kind == "layer" else nn.RMSNorm(dim, eps=eps)
+    norm = nn.LayerNorm if kind == "layer" else nn.RMSNorm
+    return norm(dim, eps=eps, elementwise_affine=affine)
 
 
 class Mlp(nn.Module):
@@ -99,6 +102,13 @@ class Block(nn.Module):
     norm_first=True is pre-norm (ViT, GPT-2); False is post-norm (the original Transformer,
     BERT). `forward(x, ...)` returns x, or (x, self_weights, cross_weights) with return_attn.
     `window` makes the self-attention a sliding window (see `Attention`, `local_attention`).
+
+    adaLN-Zero (DiT; x-transformers' `use_adaptive_layernorm`): given `cond_dim`, the norms lose
+    their affine parameters and `forward(x, cond=c)` with c (B, cond_dim) predicts, through
+    SiLU -> Linear (zero-initialised), a shift and scale applied after each branch's norm and a
+    gate applied where the layer scale sits. Chunk order: attention, MLP, then cross-attention
+    (DiT's six first, so a class-conditional block has DiT's layout). At init every gate is 0 and
+    the block is the identity.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *,
@@ -107,18 +117,22 @@ class Block(nn.Module):
                  norm_eps: float = 1e-6, context_dim: int | None = None,
                  num_kv_heads: int | None = None, qkv_bias: bool = False, qk_norm: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, mlp: str = "mlp",
-                 act: str = "gelu", window: int | None = None):
+                 act: str = "gelu", window: int | None = None, cond_dim: int | None = None):
         super().__init__()
         _choice("mlp", mlp, ("mlp", "swiglu"))
+        if cond_dim is not None and not norm_first:
+            raise ValueError("cond_dim (adaLN-Zero) modulates a pre-norm block; got "
+                             "norm_first=False")
         self.causal, self.norm_first = causal, norm_first
         attn_kw = dict(num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
                        norm_eps=norm_eps, attn_drop=attn_drop, proj_drop=proj_drop)
-        self.norm1 = make_norm(norm, dim, norm_eps)
+        affine = cond_dim is None  # adaLN supplies the norms' scale and shift
+        self.norm1 = make_norm(norm, dim, norm_eps, affine)
         self.attn = Attention(dim, num_heads, window=window, **attn_kw)  # window: local attn
         self.cross_attn = Attention(dim, num_heads, context_dim=context_dim, **attn_kw) \
             if cross_attention else None
-        self.norm_cross = make_norm(norm, dim, norm_eps) if cross_attention else None
-        self.norm2 = make_norm(norm, dim, norm_eps)
+        self.norm_cross = make_norm(norm, dim, norm_eps, affine) if cross_attention else None
+        self.norm2 = make_norm(norm, dim, norm_eps, affine)
         hidden = int(dim * mlp_ratio)
         self.mlp = Mlp(dim, hidden, act=act, drop=proj_drop) if mlp == "mlp" \
             else SwiGLU(dim, hidden, drop=proj_drop)
@@ -126,26 +140,49 @@ class Block(nn.Module):
         self.ls1, self.ls2 = scale(), scale()
         self.ls_cross = scale() if cross_attention else nn.Identity()
         self.drop_path = DropPath(drop_path)
+        self.ada = None
+        if cond_dim is not None:  # (shift, scale, gate) for each of the 2 or 3 branches
+            branches = 3 if cross_attention else 2
+            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 3 * branches * dim))
+            nn.init.zeros_(self.ada[1].weight)  # adaLN-Zero: every branch starts gated off
+            nn.init.zeros_(self.ada[1].bias)
 
-    def _residual(self, x, norm, ls, branch):
-        """One residual branch in pre- or post-norm form; returns (x, branch's extra output)."""
-        out = branch(norm(x) if self.norm_first else x)
+    def _residual(self, x, norm, ls, branch, mod=None):
+        """One residual branch in pre- or post-norm form; returns (x, branch's extra output).
+        mod: adaLN's (shift, scale, gate), each (B, dim)."""
+        h = norm(x) if self.norm_first else x
+        if mod is not None:
+            h = modulate(h, mod[0], mod[1])
+        out = branch(h)
         out, extra = out if isinstance(out, tuple) else (out, None)
-        x = x + self.drop_path(ls(out))
+        out = ls(out) if mod is None else mod[2][:, None] * ls(out)  # gate (B, 1, dim)
+        x = x + self.drop_path(out)
         return (x if self.norm_first else norm(x)), extra
 
     def forward(self, x, context=None, mask=None, context_mask=None, rope=None, cache=None,
-                return_attn=False):
+                return_attn=False, cond=None):
+        mods = (None, None, None)  # adaLN (shift, scale, gate) of attention, MLP, cross-attn
+        if self.ada is not None:
+            if cond is None or cond.dim() != 2 or cond.shape[1] != self.ada[1].in_features:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"cond must be (B, {self.ada[1].in_features}) for a block with "
+                                 f"cond_dim (adaLN-Zero), got {got}")
+            m = self.ada(cond).unflatten(-1, (-1, x.shape[-1])).unbind(1)  # 6|9 x (B, dim)
+            mods = (m[0:3], m[3:6], m[6:9] or None)
+        elif cond is not None:
+            raise ValueError("cond was given to a block built without cond_dim (no adaLN)")
         x, w_self = self._residual(x, self.norm1, self.ls1, lambda h: self.attn(
-            h, mask=mask, causal=self.causal, rope=rope, cache=cache, return_attn=return_attn))
+            h, mask=mask, causal=self.causal, rope=rope, cache=cache, return_attn=return_attn),
+            mods[0])
         w_cross = None
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("context must be given to a block with cross_attention=True")
             x, w_cross = self._residual(
                 x, self.norm_cross, self.ls_cross, lambda h: self.cross_attn(
-                    h, context=context, mask=context_mask, cache=cache, return_attn=return_attn))
-        x, _ = self._residual(x, self.norm2, self.ls2, self.mlp)
+                    h, context=context, mask=context_mask, cache=cache, return_attn=return_attn),
+                mods[2])
+        x, _ = self._residual(x, self.norm2, self.ls2, self.mlp, mods[1])
         return (x, w_self, w_cross) if return_attn else x
 
 
@@ -165,7 +202,8 @@ class Intermediates:
 class Transformer(nn.Module):
     """`depth` Blocks and an optional final norm. Stochastic depth rises linearly to `drop_path`.
 
-    Extra keyword arguments go to every Block (causal, cross_attention, norm, qkv_bias, ...).
+    Extra keyword arguments go to every Block (causal, cross_attention, norm, qkv_bias,
+    cond_dim, ...); `forward(..., cond=c)` hands the adaLN condition to every block.
     """
 
     def __init__(self, depth: int, dim: int, num_heads: int, mlp_ratio: float = 4.0, *,
@@ -185,11 +223,12 @@ class Transformer(nn.Module):
         return [KVCache() for _ in self.blocks]
 
     def forward(self, x, context=None, mask=None, context_mask=None, rope=None, cache=None,
-                return_attn=False, return_hidden=False):
+                return_attn=False, return_hidden=False, cond=None):
         inter = Intermediates(hidden=[x] if return_hidden else [])
         for i, block in enumerate(self.blocks):
             out = block(x, context=context, mask=mask, context_mask=context_mask, rope=rope,
-                        cache=None if cache is None else cache[i], return_attn=return_attn)
+                        cache=None if cache is None else cache[i], return_attn=return_attn,
+                        cond=cond)
             if return_attn:
                 x, w_self, w_cross = out
                 inter.self_attn.append(w_self)
