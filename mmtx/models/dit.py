@@ -1,0 +1,472 @@
+"""Diffusion Transformer (Peebles & Xie, 2023) on mmtx.layers, and conversion from diffusers.
+
+    x (B, C, H, W) -> PatchEmbed + fixed 2-D sin-cos positions          -> tokens (B, N, dim)
+    t -> TimestepEmbedding, y -> LabelEmbedding, caption -> pooled       -> c (B, dim), summed
+    tokens -> Encoder of adaLN-Zero Blocks (cond=c) [+ cross-attention to the caption tokens]
+           -> final layer (adaLN-modulated norm, Linear) -> unpatchify   -> (B, C, H, W)
+
+The blocks are the shared `mmtx.layers.Block` with `cond_dim` (adaLN-Zero), so qk-norm and the
+fused attention paths come with them. Output: the prediction (noise, velocity or data, as the
+objective trains it) with the input's shape; (B, 2C, H, W) with `learn_sigma` (DiT's variance
+channels). An untrained DiT predicts exactly zero: every gate and the final layer start at zero.
+
+Conditions, and the "null" condition that classifier-free guidance needs:
+  - class label y (B,) in [0, num_classes]; num_classes itself is the null class.
+  - caption: token ids (B, L) through an mmtx `TextEncoder`, read by cross-attention in every
+    block, its mean over real tokens added to c. The null caption is a caption with no real
+    token (all ids `pad_id`, or `caption_mask` all zero): such a row reads a learned null
+    context token instead, the caption counterpart of the null class. For guidance, pass
+    null_cond={"caption_ids": pad_id, "caption_mask": 0}.
+  - y=None / caption_ids=None: that condition's null (the unconditional prediction).
+In training mode each row's condition is replaced by the null one with probability `cond_drop`
+(DiT's label dropout, 0.1), so one network also learns the unconditional prediction.
+
+`from_diffusers_dit` loads a diffusers `DiTTransformer2DModel` (the published DiT-XL/2 weights).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..layers import (
+    Encoder,
+    LabelEmbedding,
+    PatchEmbed,
+    TimestepEmbedding,
+    modulate,
+    sincos_2d_encoding,
+    unpatchify,
+)
+from .registry import register_model
+from .text import TextEncoder, check_ids
+
+SINCOS = ("mmtx", "diffusers")
+
+
+def diffusers_sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """(height * width, dim): diffusers' (and DiT's, MAE's) 2-D sin-cos table.
+
+    The same values as `sincos_2d_encoding` in another channel order: column half first, and in
+    each half all sines then all cosines instead of interleaved pairs.
+    """
+    row, col = sincos_2d_encoding(height, width, dim).chunk(2, dim=-1)  # (N, dim/2) each
+    # (N, dim/4 frequencies, sin|cos) -> (N, sin|cos, dim/4) -> (N, dim/2)
+    halves = [h.reshape(-1, dim // 4, 2).transpose(1, 2).reshape(-1, dim // 2) for h in (col, row)]
+    return torch.cat(halves, dim=-1)
+
+
+class DiffusersTimestepEmbedding(TimestepEmbedding):
+    """`TimestepEmbedding` with the frequencies of diffusers' DiT: `Timesteps(256,
+    flip_sin_to_cos=True, downscale_freq_shift=1)`, i.e. 10000^(-i / (half - 1)) for i < half,
+    laid out as [cos | sin].
+
+    `timestep_frequencies` spaces them 10000^(-i / half) (shift 0, the original DiT's) and
+    interleaves sin and cos; the layout alone could be absorbed by permuting weights, the spacing
+    cannot, and TimestepEmbedding has no option for it. t is read as there: float t in [0, 1] is
+    scaled by t_scale, an integer t is a DDPM step.
+    """
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() > 1:
+            raise ValueError(f"t must be a scalar or (B,), got shape {tuple(t.shape)}")
+        t = t.reshape(-1)  # (B,)
+        if t.is_floating_point():
+            t = t * self.t_scale
+        half = self.freq_dim // 2
+        exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device)
+        angle = t.float()[:, None] * torch.exp(exponent / (half - 1))[None]  # (B, half)
+        freqs = torch.cat([angle.cos(), angle.sin()], dim=-1)  # (B, freq_dim)
+        return self.mlp(freqs.to(self.mlp[0].weight.dtype))  # (B, dim)
+
+
+class CaptionConditioner(nn.Module):
+    """Caption token ids -> the context that cross-attention reads and a pooled vector for c.
+
+    ids (B, L) [+ mask (B, L), 1 on real tokens; default ids != pad_id] ->
+    context (B, 1 + L, text_dim), context_mask (B, 1, 1, 1 + L) bool, pooled (B, cond_dim).
+    Position 0 of the context is a learned null token, visible only to null rows (no real token,
+    or dropped); the others see only their real tokens. The pooled vector is the mean of the
+    visible context, projected to cond_dim, so a null row pools to the null token.
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, cond_dim: int, dim: int = 256,
+                 depth: int = 2, num_heads: int = 4, pad_id: int = 0, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0):
+        super().__init__()
+        self.max_len, self.pad_id = max_len, pad_id
+        self.encoder = TextEncoder(vocab_size, max_len, dim, depth, num_heads, pool="mean",
+                                   num_classes=0, mlm_head=False, pooler=False,
+                                   drop_rate=drop_rate, attn_drop_rate=attn_drop_rate)
+        self.null = nn.Parameter(torch.zeros(1, 1, dim))
+        self.proj = nn.Linear(dim, cond_dim)
+        self.init_weights()
+
+    def init_weights(self):
+        self.encoder.init_weights()  # BERT's N(0, 0.02)
+        nn.init.normal_(self.null, std=0.02)  # as the null class row of LabelEmbedding
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None):
+        check_ids(ids, self.encoder.embed.vocab_size, "caption_ids")
+        B, L = ids.shape
+        if L > self.max_len:
+            raise ValueError(f"caption_ids has {L} tokens, more than max_caption_len="
+                             f"{self.max_len}")
+        if mask is None:
+            mask = ids != self.pad_id
+        elif tuple(mask.shape) != (B, L):
+            raise ValueError(f"caption_mask must have caption_ids' shape {(B, L)}, got "
+                             f"{tuple(mask.shape)}")
+        mask = mask.bool()
+        null = ~mask.any(1, keepdim=True)  # (B, 1) rows with no real token
+        if drop is not None:
+            null = null | drop[:, None]
+        mask = mask & ~null
+        tokens = self.encoder.forward_features(ids, attention_mask=mask)  # (B, L, dim)
+        context = torch.cat([self.null.expand(B, 1, -1).to(tokens.dtype), tokens], 1)
+        visible = torch.cat([null, mask], dim=1)  # (B, 1 + L), every row sees >= 1 token
+        w = visible.to(context.dtype)[..., None]  # (B, 1 + L, 1)
+        pooled = (context * w).sum(1) / w.sum(1)  # (B, dim)
+        return context, visible[:, None, None, :], self.proj(pooled)
+
+
+def check_labels(y, num_classes: int, batch: int) -> None:
+    """y must be integer class ids (batch,) in [0, num_classes] (num_classes = null)."""
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or tuple(y.shape) != (batch,):
+        got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y)
+        raise ValueError(f"y must be integer class ids of shape ({batch},), got {got}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > num_classes):
+        raise ValueError(f"y must lie in [0, {num_classes}] ({num_classes} = the null class), "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
+
+
+class DiT(nn.Module):
+    """A diffusion transformer over patch tokens; see the module docstring.
+
+    forward(x (B, in_chans, H, W), t (B,) or scalar, y=None, caption_ids=None,
+    caption_mask=None) -> (B, out_chans, H, W); any H, W divisible by patch_size (the sin-cos
+    table is recomputed for the grid). t: float in [0, 1] (flow matching) or integer DDPM steps.
+    Captions: vocab_size > 0 adds a `TextEncoder` (text_dim wide, text_depth blocks) whose
+    tokens every block reads by cross-attention. sincos="diffusers" lays the fixed tables
+    (positions, timestep frequencies) out as diffusers' DiT does, for converted weights.
+    """
+
+    def __init__(self, img_size=32, patch_size=2, in_chans: int = 4, num_classes: int = 1000,
+                 dim: int = 1152, depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0,
+                 *, learn_sigma: bool = False, cond_drop: float = 0.1, vocab_size: int = 0,
+                 max_caption_len: int = 32, text_dim: int = 256, text_depth: int = 2,
+                 text_heads: int = 4, pad_id: int = 0, qkv_bias: bool = True,
+                 qk_norm: bool = False, norm_eps: float = 1e-6, act: str = "gelu_tanh",
+                 freq_dim: int = 256, sincos: str = "mmtx", drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        super().__init__()
+        if sincos not in SINCOS:
+            raise ValueError(f"sincos must be one of {SINCOS}, got {sincos!r}")
+        if num_classes < 0 or vocab_size < 0:
+            raise ValueError(f"num_classes and vocab_size must be >= 0 (0 = no such condition),"
+                             f" got {num_classes}, {vocab_size}")
+        if not 0.0 <= cond_drop < 1.0:
+            raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
+        self.in_chans, self.num_classes, self.cond_drop = in_chans, num_classes, cond_drop
+        self.out_chans = 2 * in_chans if learn_sigma else in_chans
+        self.patch_size, self.dim, self.sincos = patch_size, dim, sincos
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
+        gh, gw = self.patch_embed.grid_size
+        self.register_buffer("pos_table", self._sincos_table(gh, gw), persistent=False)
+        t_embed = DiffusersTimestepEmbedding if sincos == "diffusers" else TimestepEmbedding
+        self.t_embed = t_embed(dim, freq_dim)
+        # The label embedding drops nothing itself: forward draws one drop per row for all
+        # conditions, so a row is dropped to fully unconditional.
+        self.y_embed = LabelEmbedding(num_classes, dim) if num_classes else None
+        self.caption = CaptionConditioner(
+            vocab_size, max_caption_len, dim, text_dim, text_depth, text_heads, pad_id,
+            drop_rate, attn_drop_rate) if vocab_size else None
+        self.blocks = Encoder(depth, dim, num_heads, mlp_ratio, cond_dim=dim, final_norm=False,
+                              cross_attention=vocab_size > 0,
+                              context_dim=text_dim if vocab_size else None, qkv_bias=qkv_bias,
+                              qk_norm=qk_norm, norm_eps=norm_eps, act=act,
+                              attn_drop=attn_drop_rate, proj_drop=drop_rate,
+                              drop_path=drop_path_rate)
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))  # shift, scale
+        ph, pw = self.patch_embed.patch_size
+        self.head = nn.Linear(dim, ph * pw * self.out_chans)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """DiT's init, all here.
+
+        - Linears of the blocks and the final layer: Xavier-uniform, zero bias (DiT's basic
+          init); the patch projection likewise, as the Linear over flattened patches it is.
+        - timestep MLP and label table: N(0, 0.02) (their own init, as in DiT).
+        - adaLN projections of every block and of the final layer: zero, so each block starts
+          as the identity and the condition acts only once learned (adaLN-Zero).
+        - final Linear: zero, so the untrained model predicts exactly 0, a neutral start for
+          noise or velocity (DiT's choice).
+        - caption encoder: BERT's N(0, 0.02), its null token like the null class row.
+        """
+        for m in (*self.blocks.modules(), *self.ada_out.modules(), self.head):
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        self.t_embed.init_weights()
+        if self.y_embed is not None:
+            nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        if self.caption is not None:
+            self.caption.init_weights()
+        for lin in (*(b.ada[1] for b in self.blocks.blocks), self.ada_out[1], self.head):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def _sincos_table(self, gh: int, gw: int) -> torch.Tensor:
+        table = diffusers_sincos_2d if self.sincos == "diffusers" else sincos_2d_encoding
+        return table(gh, gw, self.dim)[None]  # (1, N, dim)
+
+    def condition(self, t, y=None, caption_ids=None, caption_mask=None, batch: int = None):
+        """-> c (B, dim), context (B, 1 + L, text_dim) or None, context_mask or None."""
+        device = self.pos_table.device
+        t = torch.as_tensor(t, device=device)
+        t = t.expand(batch) if t.dim() == 0 else t  # (B,)
+        if tuple(t.shape) != (batch,):
+            raise ValueError(f"t must be a scalar or ({batch},), got shape {tuple(t.shape)}")
+        drop = None
+        if self.training and self.cond_drop > 0:
+            drop = torch.rand(batch, device=device) < self.cond_drop  # (B,) rows made null
+        c = self.t_embed(t)  # (B, dim)
+        if y is not None and self.y_embed is None:
+            raise ValueError("y (class labels) given to a DiT built with num_classes=0")
+        if self.y_embed is not None:
+            if y is None:
+                y = torch.full((batch,), self.num_classes, device=device)  # the null class
+            check_labels(y, self.num_classes, batch)
+            c = c + self.y_embed(y, force_drop=drop)
+        context = context_mask = None
+        if caption_ids is not None and self.caption is None:
+            raise ValueError("caption_ids given to a DiT built with vocab_size=0")
+        if self.caption is not None:
+            if caption_ids is None:  # the null caption: one pad token, no real token
+                caption_ids = torch.full((batch, 1), self.caption.pad_id, device=device)
+                caption_mask = torch.zeros(batch, 1, dtype=torch.bool, device=device)
+            if caption_ids.shape[0] != batch:
+                raise ValueError(f"caption_ids must have batch size {batch}, got shape "
+                                 f"{tuple(caption_ids.shape)}")
+            context, context_mask, pooled = self.caption(caption_ids, caption_mask, drop)
+            c = c + pooled
+        return c, context, context_mask
+
+    def forward_features(self, x, c, context=None, context_mask=None, return_attn=False):
+        """x (B, C, H, W), c (B, dim) -> tokens (B, N, dim) [, Intermediates with return_attn]."""
+        grid = self.patch_embed.grid_for(*x.shape[-2:])
+        pos = self.pos_table if tuple(grid) == tuple(self.patch_embed.grid_size) \
+            else self._sincos_table(*grid).to(self.pos_table)
+        # The table keeps the model's dtype: under autocast the residual stream stays float32.
+        tokens = self.patch_embed(x) + pos  # (B, N, dim)
+        return self.blocks(tokens, context=context, context_mask=context_mask, cond=c,
+                           return_attn=return_attn)
+
+    def forward_head(self, tokens, c, height: int, width: int):
+        """tokens (B, N, dim), c (B, dim) -> (B, out_chans, height, width)."""
+        shift, scale = self.ada_out(c).chunk(2, dim=-1)  # (B, dim) each
+        out = self.head(modulate(self.norm_out(tokens), shift, scale))  # (B, N, p*p*out)
+        return unpatchify(out, self.patch_embed.patch_size, height, width)
+
+    def forward(self, x, t, y=None, caption_ids=None, caption_mask=None):
+        if x.dim() != 4:
+            raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        c, context, context_mask = self.condition(t, y, caption_ids, caption_mask, x.shape[0])
+        tokens = self.forward_features(x, c, context, context_mask)
+        return self.forward_head(tokens, c, *x.shape[-2:])
+
+
+# ---- registered sizes ----
+
+# The DiT paper's widths: (dim, depth, num_heads). Defaults as the paper's 256 px ImageNet model
+# (a 32 x 32 x 4 SD-VAE latent, 1000 classes); every factory takes overrides.
+_PAPER = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+
+
+def _dit(defaults: dict, overrides: dict) -> DiT:
+    return DiT(**{**defaults, **overrides})
+
+
+def _paper(size: str, patch: int, kw: dict) -> DiT:
+    dim, depth, heads = _PAPER[size]
+    return _dit(dict(img_size=32, patch_size=patch, in_chans=4, num_classes=1000, dim=dim,
+                     depth=depth, num_heads=heads), kw)
+
+
+def _cpu(dim: int, heads: int, patch: int, kw: dict) -> DiT:
+    # CPU-sized for 32 px RGB: 6 blocks; micro is the notes' probe (128 wide, 1.9 M params).
+    return _dit(dict(img_size=32, patch_size=patch, in_chans=3, num_classes=10, dim=dim,
+                     depth=6, num_heads=heads), kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_micro_2(**kw) -> DiT:
+    return _cpu(128, 4, 2, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_micro_4(**kw) -> DiT:
+    return _cpu(128, 4, 4, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_tiny_2(**kw) -> DiT:
+    return _cpu(192, 3, 2, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_tiny_4(**kw) -> DiT:
+    return _cpu(192, 3, 4, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_s_2(**kw) -> DiT:
+    return _paper("s", 2, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_s_4(**kw) -> DiT:
+    return _paper("s", 4, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_s_8(**kw) -> DiT:
+    return _paper("s", 8, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_b_2(**kw) -> DiT:
+    return _paper("b", 2, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_b_4(**kw) -> DiT:
+    return _paper("b", 4, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_b_8(**kw) -> DiT:
+    return _paper("b", 8, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_l_2(**kw) -> DiT:
+    return _paper("l", 2, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_l_4(**kw) -> DiT:
+    return _paper("l", 4, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_l_8(**kw) -> DiT:
+    return _paper("l", 8, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_xl_2(**kw) -> DiT:
+    return _paper("xl", 2, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_xl_4(**kw) -> DiT:
+    return _paper("xl", 4, kw)
+
+
+@register_model(family="dit", task="generation")
+def dit_xl_8(**kw) -> DiT:
+    return _paper("xl", 8, kw)
+
+
+# ---- conversion from diffusers ----
+
+_ACTS = {"gelu-approximate": "gelu_tanh", "gelu": "gelu"}
+
+
+def _shared_embedding(blocks) -> dict:
+    """diffusers gives every block its own timestep + label embedding; mmtx's DiT has one.
+    Published DiT weights hold the same copy in every block; anything else is refused."""
+    first = blocks[0].norm1.emb.state_dict()
+    for i, block in enumerate(blocks[1:], 1):
+        other = block.norm1.emb.state_dict()
+        if any(not torch.equal(first[k], other[k]) for k in first):
+            raise ValueError(f"transformer_blocks[{i}].norm1.emb differs from block 0's: mmtx's "
+                             "DiT shares one timestep and label embedding across blocks (as the "
+                             "published DiT weights do)")
+    return first
+
+
+def from_diffusers_dit(model) -> DiT:
+    """A diffusers `DiTTransformer2DModel` (class-conditional, adaLN-Zero) as an mmtx `DiT`.
+
+    Outputs agree to float rounding for the same noisy input, integer timestep and class, in
+    eval mode (both drop labels in training). Options mmtx's DiT does not have raise a
+    ValueError naming them. diffusers reads any t as a step; mmtx reads a float t in [0, 1] as
+    step / 1000, so pass integer steps or t / 1000 to the converted model.
+    """
+    cfg = model.config
+    bad = {}
+    if cfg.norm_type != "ada_norm_zero":
+        bad["norm_type"] = cfg.norm_type
+    if cfg.norm_elementwise_affine:
+        bad["norm_elementwise_affine"] = True
+    if cfg.activation_fn not in _ACTS:
+        bad["activation_fn"] = cfg.activation_fn
+    out_chans = cfg.out_channels or cfg.in_channels
+    if out_chans not in (cfg.in_channels, 2 * cfg.in_channels):
+        bad["out_channels"] = cfg.out_channels
+    blocks = model.transformer_blocks
+    if blocks[0].attn1.to_out[0].bias is None:
+        bad["attention_out_bias"] = False
+    if blocks[0].ff.net[0].proj.out_features != 4 * model.inner_dim:
+        bad["ff_inner_dim"] = blocks[0].ff.net[0].proj.out_features
+    if bad:
+        raise ValueError(f"from_diffusers_dit: unsupported DiTTransformer2DModel option(s) "
+                         f"{bad}; supported: norm_type='ada_norm_zero', "
+                         f"norm_elementwise_affine=False, activation_fn in {sorted(_ACTS)}, "
+                         f"out_channels in (None, in_channels, 2 * in_channels)")
+    dit = DiT(img_size=cfg.sample_size, patch_size=cfg.patch_size, in_chans=cfg.in_channels,
+              num_classes=cfg.num_embeds_ada_norm, dim=model.inner_dim, depth=cfg.num_layers,
+              num_heads=cfg.num_attention_heads, learn_sigma=out_chans != cfg.in_channels,
+              qkv_bias=cfg.attention_bias, act=_ACTS[cfg.activation_fn], sincos="diffusers",
+              drop_rate=cfg.dropout)
+    for block in dit.blocks.blocks:
+        # diffusers normalises before the MLP with config.norm_eps (before attention: 1e-6).
+        block.norm2.eps = cfg.norm_eps
+
+    src = model.state_dict()
+    emb = _shared_embedding(blocks)
+    sd = {"patch_embed.proj.weight": src["pos_embed.proj.weight"],
+          "patch_embed.proj.bias": src["pos_embed.proj.bias"],
+          "t_embed.mlp.0.weight": emb["timestep_embedder.linear_1.weight"],
+          "t_embed.mlp.0.bias": emb["timestep_embedder.linear_1.bias"],
+          "t_embed.mlp.2.weight": emb["timestep_embedder.linear_2.weight"],
+          "t_embed.mlp.2.bias": emb["timestep_embedder.linear_2.bias"],
+          "y_embed.table.weight": emb["class_embedder.embedding_table.weight"],
+          "ada_out.1.weight": src["proj_out_1.weight"], "ada_out.1.bias": src["proj_out_1.bias"],
+          "head.weight": src["proj_out_2.weight"], "head.bias": src["proj_out_2.bias"]}
+    for i in range(cfg.num_layers):
+        d, m = f"transformer_blocks.{i}.", f"blocks.blocks.{i}."
+        pairs = {"ada.1": "norm1.linear", "attn.proj": "attn1.to_out.0",
+                 "mlp.fc1": "ff.net.0.proj", "mlp.fc2": "ff.net.2"}
+        for ours, theirs in pairs.items():
+            for p in ("weight", "bias"):
+                sd[f"{m}{ours}.{p}"] = src[f"{d}{theirs}.{p}"]
+        for p in ("weight", "bias") if cfg.attention_bias else ("weight",):
+            # q, k, v (dim, dim) each -> one fused (3 dim, dim) projection
+            sd[f"{m}attn.qkv.{p}"] = torch.cat([src[f"{d}attn1.to_{n}.{p}"] for n in "qkv"])
+    dit.load_state_dict(sd, strict=True)
+    return dit.to(next(model.parameters()).dtype).train(model.training)
