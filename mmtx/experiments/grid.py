@@ -134,6 +134,8 @@ def run_config(exp: Experiment, run: RunSpec) -> dict:
     set_key(cfg, "train.seed", run.seed)
     set_key(cfg, "logging.group", exp.name)
     set_key(cfg, "logging.name", f"{exp.name}/{run.run_id}")
+    if exp.jobs > 1:  # runs side by side: the experiment's progress lines, no per-run bars
+        set_key(cfg, "logging.progress", False)
     return cfg
 
 

@@ -3,7 +3,7 @@ progress display for the whole experiment (runs done of N, elapsed, ETA).
 
 Small models use one core poorly (per-op overheads dominate), so on a 2-core CPU two one-thread
 runs side by side finish an experiment about twice as fast as one after another. Each worker
-writes its console output (progress bars, evaluation lines) to its run's `train.log`, so the
+writes its console output (evaluation lines, warnings) to its run's `train.log`, so the
 console shows only the experiment's own progress lines and stays readable with any number of
 workers.
 """
@@ -83,10 +83,8 @@ def _in_worker(fn, args, kwargs, log):
 
 
 def _init_worker() -> None:
-    """Worker initializer: no progress bars (the parent shows the experiment's progress), and
-    (Linux) the kernel kills this worker when the experiment's process dies, even by SIGKILL,
-    so no run goes on training unowned."""
-    os.environ["TQDM_DISABLE"] = "1"
+    """Worker initializer (Linux): the kernel kills this worker when the experiment's process
+    dies, even by SIGKILL, so no run goes on training unowned."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal

@@ -79,6 +79,8 @@ def train_recall(spec: RnnVsTransformerSpec, model: dict, distance: int, seed: i
     data.update(name="recall", args={**data.get("args", {}), "distance": distance})
     cfg.setdefault("task", {})["name"] = "text_classification"
     cfg.setdefault("train", {})["seed"] = seed
+    if spec.jobs > 1:  # runs side by side: the experiment's progress lines, no per-run bars
+        cfg.setdefault("logging", {})["progress"] = False
     res = train(cfg, run_dir, resume="auto")
     epochs = res["epochs"] or 1.0
     result = {"model": model["label"], "distance": distance, "seed": seed,
