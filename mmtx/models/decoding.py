@@ -1,4 +1,5 @@
-"""Decoding helpers shared by the text models: logit filtering, sampling, beam search."""
+"""Decoding shared by the text generators: logit filtering, sampling, beam search, and the one
+decoding loop (`decode` over a `DecodeState`) behind TextDecoder, Seq2Seq and the captioner."""
 
 from __future__ import annotations
 
@@ -89,3 +90,111 @@ def beam_search(step: Callable, reorder: Callable, start: torch.Tensor, beam_wid
     ranked = scores / lengths.clamp(min=1) ** length_penalty  # (B, K)
     best = ranked.argmax(-1) + torch.arange(B, device=device) * K  # (B,)
     return tokens[best]
+
+
+class DecodeState:
+    """The rows being decoded: their tokens so far, positions, padding mask and KV cache.
+
+    `run(ids, attention_mask, positions, cache, **row_inputs) -> logits (rows, V)` runs a model
+    on the tokens the cache has not seen (all tokens when `cache` is None: decoding without a
+    cache recomputes the whole sequence at every step) and returns the next token's logits.
+    ids (B, L) is the prompt, left-padded when `attention_mask` (B, L) has zeros; positions
+    then count real tokens, so each row's first real token is at position 0. `row_inputs` are
+    per-row tensors the model reads at every step (a cross-attention context and its mask).
+    """
+
+    def __init__(self, run: Callable, ids: torch.Tensor, attention_mask=None, cache=None,
+                 **row_inputs):
+        B, L = ids.shape
+        self.run, self.cache, self.rows = run, cache, row_inputs
+        self.ids, self.mask = ids, attention_mask
+        self.positions = (torch.arange(L, device=ids.device).expand(B, -1) if attention_mask is None
+                          else (attention_mask.long().cumsum(-1) - 1).clamp(min=0))  # (B, L)
+        self.unseen = L  # trailing tokens the cache has not seen yet
+
+    def logits(self) -> torch.Tensor:
+        """Run the model on what it has not seen; logits (rows, V) of the next token."""
+        n = self.ids.shape[1] if self.cache is None else self.unseen
+        self.unseen = 0
+        return self.run(self.ids[:, -n:], self.mask, self.positions[:, -n:], self.cache,
+                        **self.rows)
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """Add one token (rows,) to every row."""
+        self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)  # (rows, t + 1)
+        self.positions = torch.cat([self.positions, self.positions[:, -1:] + 1], dim=1)
+        if self.mask is not None:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
+        self.unseen += 1
+
+    def select(self, index: torch.Tensor, new_rows: bool = False) -> None:
+        """Keep rows `index` (beam search: the surviving beams). `new_rows` also selects the
+        per-row inputs and the cached context keys and values (expanding a batch to its beams);
+        later reorders need not, since a beam never leaves its batch row and the K beams of a
+        row share one context."""
+        self.ids, self.positions = self.ids[index], self.positions[index]
+        if self.mask is not None:
+            self.mask = self.mask[index]
+        if new_rows:
+            self.rows = {k: v[index] if isinstance(v, torch.Tensor) else v
+                         for k, v in self.rows.items()}
+        for c in self.cache or ():
+            if new_rows:
+                c.reorder(index)
+            else:  # set the context aside: selecting it would copy it for nothing
+                context, c.context = c.context, None
+                c.reorder(index)
+                c.context = context
+
+
+def decode(state: DecodeState, max_new_tokens: int, *, temperature: float = 0.0,
+           top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+           generator: torch.Generator | None = None, beam_width: int = 1,
+           length_penalty: float = 1.0) -> torch.Tensor:
+    """The decoding loop of every mmtx text generator: new tokens (B, T), T <= max_new_tokens.
+
+    beam_width 1 samples (temperature 0: greedy); once a row produces `eos_id` it is filled with
+    eos_id, and decoding stops when every row has. Wider beams run `beam_search` (temperature,
+    top_k and top_p do not apply) after one pass over the prompt for the B rows, whose cache is
+    then copied to the K beams: the prompt and the context are projected once per row.
+    """
+    B = state.ids.shape[0]
+    if max_new_tokens == 0:
+        return state.ids.new_zeros(B, 0)
+    if beam_width == 1:
+        new, done = [], torch.zeros(B, dtype=torch.bool, device=state.ids.device)
+        for t in range(max_new_tokens):
+            if t:
+                state.append(new[-1])
+            nxt = sample_next(state.logits(), temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                nxt = nxt.masked_fill(done, eos_id)
+                done = done | (nxt == eos_id)
+            new.append(nxt)
+            if eos_id is not None and bool(done.all()):
+                break
+        return torch.stack(new, dim=1)
+
+    K = beam_width
+    first = [state.logits().float().log_softmax(-1)]  # (B, V), one pass over each prompt
+    expand = torch.arange(B, device=state.ids.device).repeat_interleave(K)  # (B*K,)
+    state.select(expand, new_rows=True)
+    first[0] = first[0][expand]  # (B*K, V); beam_search lets only the first beam expand
+
+    def step(tokens):  # tokens (B*K, 1): the last token of every beam
+        if first:
+            return first.pop()
+        state.append(tokens[:, -1])
+        return state.logits().float().log_softmax(-1)
+
+    start = state.ids[:, -1:]  # (B*K, 1), a placeholder first column, dropped below
+    return beam_search(step, state.select, start, K, max_new_tokens, eos_id, length_penalty)[:, 1:]
+
+
+def trim_finished(tokens: torch.Tensor, eos_id: int, start: int) -> torch.Tensor:
+    """Drop the columns after the one where every row's decoded part (from column `start`)
+    has produced eos_id: what decoding that stops early returns."""
+    hit = tokens[:, start:] == eos_id  # (B, T)
+    if not hit.numel() or not bool(hit.any(1).all()):
+        return tokens
+    return tokens[:, :start + int(hit.int().argmax(1).max()) + 1]

@@ -9,9 +9,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import Decoder, Encoder, RotaryEmbedding, make_act, sinusoidal_encoding
+from ..layers import (
+    Decoder,
+    Encoder,
+    RotaryEmbedding,
+    Transformer,
+    make_act,
+    sinusoidal_encoding,
+)
 from .compat import rename_options, renamed_options
-from .decoding import beam_search, check_sampling_args, sample_next
+from .decoding import DecodeState, check_sampling_args, decode, trim_finished
 from .registry import register_model
 from .text_hf import bert_kwargs, gpt2_kwargs, load_bert_weights, load_gpt2_weights
 
@@ -107,6 +114,9 @@ class MLMHead(nn.Module):
                                     self.embedding[0].weight, self.bias)
 
 
+POOLS = ("cls", "mean", "argmax", "eos", "last")
+
+
 class TextEncoder(nn.Module):
     """Bidirectional (BERT-style) encoder with a masked-LM head and a classification head.
 
@@ -114,7 +124,10 @@ class TextEncoder(nn.Module):
     `forward_features` (B, L, dim); `forward_mlm` (B, L, vocab); `forward_head` (B, num_classes).
     `forward` returns class logits when num_classes > 0, else MLM logits.
     norm_first=False is BERT's post-norm (then the embeddings are normalised and there is no
-    final norm). pool: "cls" (the first token, through a tanh pooler as BERT) or "mean".
+    final norm). causal=True masks attention to later tokens (CLIP's text tower).
+    pool: "cls" (the first token, through a tanh pooler as BERT), "mean" (over real tokens),
+    "eos" (the first `eos_id`: CLIP's end-of-text token), "argmax" (the largest token id, where
+    the end-of-text id is the largest: open_clip, old HF CLIP configs) or "last".
     drop_rate: dropout on embeddings, residual branches and before the classifier.
     """
 
@@ -124,19 +137,21 @@ class TextEncoder(nn.Module):
                  pos: str = "learned", type_vocab_size: int = 0, norm_first: bool = True,
                  norm_eps: float = 1e-12, act: str = "gelu", drop_rate: float = 0.1,
                  attn_drop_rate: float = 0.1, drop_path_rate: float = 0.0, num_classes: int = 0,
-                 pool: str = "cls", mlm_head: bool = True, pooler: bool = True):
+                 pool: str = "cls", mlm_head: bool = True, pooler: bool = True,
+                 causal: bool = False, eos_id: int = 2, layer_scale: float | None = None):
         super().__init__()
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
-        self.num_classes, self.pool = num_classes, pool
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.num_classes, self.pool, self.eos_id = num_classes, pool, eos_id
         self.embed = TextEmbedding(vocab_size, dim, max_len, pos=pos,
                                    type_vocab_size=type_vocab_size, norm=not norm_first,
                                    norm_eps=norm_eps, drop_rate=drop_rate)
         self.rope = RotaryEmbedding(dim // num_heads) if pos == "rope" else None
-        self.encoder = Encoder(depth, dim, num_heads, mlp_ratio, norm_first=norm_first,
-                               final_norm=norm_first, norm_eps=norm_eps, act=act, qkv_bias=True,
-                               attn_drop=attn_drop_rate, proj_drop=drop_rate,
-                               drop_path=drop_path_rate)
+        self.encoder = Transformer(depth, dim, num_heads, mlp_ratio, causal=causal,
+                                   norm_first=norm_first, final_norm=norm_first,
+                                   norm_eps=norm_eps, act=act, qkv_bias=True,
+                                   layer_scale=layer_scale, attn_drop=attn_drop_rate,
+                                   proj_drop=drop_rate, drop_path=drop_path_rate)
         self.mlm = MLMHead(dim, self.embed.tok, act, norm_eps) if mlm_head else None
         self.pooler = nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) \
             if pooler and pool == "cls" else nn.Identity()
@@ -159,47 +174,64 @@ class TextEncoder(nn.Module):
             raise ValueError("this TextEncoder was built with mlm_head=False")
         return self.mlm(self.forward_features(ids, attention_mask, token_type_ids))
 
-    def pooled(self, x, attention_mask=None):
-        """(B, L, dim) -> (B, dim): [CLS] through the pooler, or the mean over real tokens."""
+    def pooled(self, x, attention_mask=None, ids=None):
+        """(B, L, dim) -> (B, dim) by `pool`; "eos" and "argmax" read the token `ids` (B, L)."""
         if self.pool == "cls":
             return self.pooler(x[:, 0])
+        if self.pool == "last":
+            return x[:, -1]
+        if self.pool in ("eos", "argmax"):
+            if ids is None:
+                raise ValueError(f"pool={self.pool!r} needs the token ids")
+            # A row without eos pools its first token, as HF and open_clip do.
+            at = (ids == self.eos_id).int().argmax(-1) if self.pool == "eos" else ids.argmax(-1)
+            return x[torch.arange(len(x), device=x.device), at]  # (B, dim)
         if attention_mask is None:
             return x.mean(1)
         m = attention_mask.to(x.dtype)[..., None]  # (B, L, 1)
         return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
-    def forward_head(self, x, attention_mask=None):
+    def forward_head(self, x, attention_mask=None, ids=None):
         if self.head is None:
             raise ValueError("this TextEncoder was built with num_classes=0 (no classifier)")
-        return self.head(self.head_drop(self.pooled(x, attention_mask)))
+        return self.head(self.head_drop(self.pooled(x, attention_mask, ids)))
 
     def forward(self, ids, attention_mask=None, token_type_ids=None):
         if self.head is None:
             return self.forward_mlm(ids, attention_mask, token_type_ids)
         x = self.forward_features(ids, attention_mask, token_type_ids)
-        return self.forward_head(x, attention_mask)
+        return self.forward_head(x, attention_mask, ids)
 
 
 class TextDecoder(nn.Module):
-    """GPT-style causal language model with tied input/output embeddings.
+    """GPT-style causal language model with tied input/output embeddings; with
+    cross_attention=True every block also attends to a `context` (B, M, context_dim or dim):
+    an encoder's output (Seq2Seq) or an image's patch tokens (ImageCaptioner).
 
-    ids (B, L) [+ attention_mask (B, L), 1 on real tokens, for left padding] -> logits (B, L, V).
-    `generate` decodes with the KV cache of `mmtx.layers.Transformer.new_cache()`.
+    ids (B, L) [+ attention_mask (B, L), 1 on real tokens, for left padding; context, and
+    context_mask (B, M) 1 on real context tokens] -> logits (B, L, V).
+    `generate` decodes with the KV cache of `mmtx.layers.Transformer.new_cache()`; the context's
+    cross-attention keys and values are projected on the first step only.
+    norm_first=False is the original Transformer's post-norm (no final norm then).
     """
 
     @renamed_options(**_RENAMED)
     def __init__(self, vocab_size: int = 50257, max_len: int = 1024, dim: int = 256,
                  depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0, *,
-                 pos: str = "learned", norm_eps: float = 1e-5, act: str = "gelu_tanh",
-                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, tie_weights: bool = True):
+                 pos: str = "learned", norm_first: bool = True, norm_eps: float = 1e-5,
+                 act: str = "gelu_tanh", drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, tie_weights: bool = True,
+                 cross_attention: bool = False, context_dim: int | None = None):
         super().__init__()
         self.vocab_size, self.max_len = vocab_size, max_len
+        self.cross_attention = cross_attention
         self.embed = TextEmbedding(vocab_size, dim, max_len, pos=pos, drop_rate=drop_rate)
         self.rope = RotaryEmbedding(dim // num_heads) if pos == "rope" else None
-        self.blocks = Decoder(depth, dim, num_heads, mlp_ratio, norm_eps=norm_eps, act=act,
-                              qkv_bias=True, attn_drop=attn_drop_rate, proj_drop=drop_rate,
-                              drop_path=drop_path_rate)
+        self.blocks = Decoder(depth, dim, num_heads, mlp_ratio, cross_attention=cross_attention,
+                              context_dim=context_dim if context_dim != dim else None,
+                              norm_first=norm_first, final_norm=norm_first, norm_eps=norm_eps,
+                              act=act, qkv_bias=True, attn_drop=attn_drop_rate,
+                              proj_drop=drop_rate, drop_path=drop_path_rate)
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)
         self.init_weights()
         if tie_weights:  # GPT-2 ties the output projection to the token embedding
@@ -207,45 +239,75 @@ class TextDecoder(nn.Module):
 
     def init_weights(self):
         _init_text(self)
-        # GPT-2: residual projections scaled by 1/sqrt(2 * depth) so the residual stream's
-        # variance does not grow with depth.
-        for block in self.blocks.blocks:
-            for lin in (block.attn.proj, block.mlp.fc2):
-                nn.init.normal_(lin.weight, std=0.02 / (2 * len(self.blocks.blocks)) ** 0.5)
+        # GPT-2: residual projections scaled by 1/sqrt(number of residual branches) so the
+        # residual stream's variance does not grow with depth.
+        blocks = self.blocks.blocks
+        projs = [lin for b in blocks for lin in (b.attn.proj, b.mlp.fc2,
+                                                 b.cross_attn and b.cross_attn.proj) if lin]
+        for lin in projs:
+            nn.init.normal_(lin.weight, std=0.02 / len(projs) ** 0.5)
+
+    def _check_context(self, context, batch: int):
+        if context is None and self.cross_attention:
+            raise ValueError("context must be given: this TextDecoder has cross_attention=True")
+        if context is not None and not self.cross_attention:
+            raise ValueError("context given to a TextDecoder built with cross_attention=False")
+        if context is not None and (context.dim() != 3 or context.shape[0] != batch):
+            raise ValueError(f"context must be (B={batch}, M, dim), got shape "
+                             f"{tuple(context.shape)}")
 
     def forward_features(self, ids, attention_mask=None, positions=None, cache=None,
+                         context=None, context_mask=None, return_attn=False,
                          return_hidden=False):
-        """Hidden states (B, L, dim). With left padding, positions default to counts of real
-        tokens so that each row's first real token is at position 0."""
+        """Hidden states (B, L, dim) [, Intermediates with return_attn / return_hidden]. With
+        left padding, positions default to counts of real tokens so that each row's first real
+        token is at position 0."""
         if positions is None and attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             positions = positions[:, -ids.shape[1]:]
         x = self.embed(ids, positions)
-        return self.blocks(x, mask=key_mask(attention_mask), rope=self.rope, cache=cache,
-                           return_hidden=return_hidden)
+        return self.blocks(x, context=context, mask=key_mask(attention_mask),
+                           context_mask=key_mask(context_mask), rope=self.rope, cache=cache,
+                           return_attn=return_attn, return_hidden=return_hidden)
 
-    def forward(self, ids, attention_mask=None, positions=None, cache=None):
+    def forward(self, ids, attention_mask=None, positions=None, cache=None, context=None,
+                context_mask=None):
         self.embed.check(ids, ids.shape[1] + (cache[0].length if cache else 0))
-        return self.lm_head(self.forward_features(ids, attention_mask, positions, cache))
+        self._check_context(context, ids.shape[0])
+        return self.lm_head(self.forward_features(ids, attention_mask, positions, cache,
+                                                  context, context_mask))
 
     def new_cache(self):
         return self.blocks.new_cache()
+
+    def _next_logits(self, ids, attention_mask, positions, cache, **context):
+        h = self.forward_features(ids, attention_mask, positions, cache, **context)
+        return self.lm_head(h[:, -1])  # (B, V)
 
     @torch.no_grad()
     def generate(self, ids, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  eos_id: int | None = None, use_cache: bool = True, attention_mask=None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, *, context=None, context_mask=None,
+                 beam_width: int = 1, length_penalty: float = 1.0):
         """Continue `ids` (B, L) by up to `max_new_tokens`; returns (B, L + new) token ids.
 
         temperature 0 is greedy. Batches of prompts of different lengths are left-padded, with
         attention_mask (B, L) 0 on the padding. Once a row produces `eos_id` it is filled with
-        eos_id; decoding stops when every row has.
+        eos_id; decoding stops when every row has (the rest is eos-filled too). `context`
+        (B, M, dim) [+ context_mask (B, M)] is what the cross-attention reads. beam_width > 1
+        is beam search (scores ranked by length ** length_penalty; sampling options unused).
         """
         check_sampling_args(temperature, top_k, top_p)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not isinstance(beam_width, int) or beam_width < 1:
+            raise ValueError(f"beam_width must be a positive int, got {beam_width!r}")
+        if beam_width > 1 and (top_k is not None or top_p is not None):
+            raise ValueError("top_k / top_p are for sampling; beam search (beam_width > 1) "
+                             "takes neither")
         self.embed.check(ids, ids.shape[1] + max_new_tokens)
+        self._check_context(context, ids.shape[0])
         if attention_mask is not None:
             if attention_mask.shape != ids.shape:
                 raise ValueError(f"attention_mask must have the shape of ids {tuple(ids.shape)}"
@@ -253,42 +315,31 @@ class TextDecoder(nn.Module):
             attention_mask = attention_mask.bool()
             if bool(attention_mask.all()):
                 attention_mask = None  # no padding: skip the mask on every step
-        B = ids.shape[0]
-        positions = (torch.arange(ids.shape[1], device=ids.device).expand(B, -1)
-                     if attention_mask is None
-                     else (attention_mask.long().cumsum(-1) - 1).clamp(min=0))  # (B, L)
-        cache = self.new_cache() if use_cache else None
-        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-        new, x, pos, mask = [], ids, positions, attention_mask
-        for _ in range(max_new_tokens):
-            h = self.forward_features(x, mask, pos, cache)
-            nxt = sample_next(self.lm_head(h[:, -1]), temperature, top_k, top_p, generator)
-            if eos_id is not None:
-                nxt = nxt.masked_fill(done, eos_id)
-                done = done | (nxt == eos_id)
-            new.append(nxt)
-            if eos_id is not None and bool(done.all()):
-                break
-            step_pos = positions[:, -1:] + len(new)  # (B, 1)
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-            if use_cache:
-                x, pos = nxt[:, None], step_pos
-            else:
-                x = torch.cat([x, nxt[:, None]], dim=1)
-                pos = torch.cat([pos, step_pos], dim=1)
-        out = torch.cat([ids, torch.stack(new, 1)], 1) if new else ids
-        if eos_id is not None and out.shape[1] < ids.shape[1] + max_new_tokens:
-            pad = out.new_full((B, ids.shape[1] + max_new_tokens - out.shape[1]), eos_id)
-            out = torch.cat([out, pad], 1)
+        state = DecodeState(self._next_logits, ids, attention_mask,
+                            self.new_cache() if use_cache else None,
+                            context=context, context_mask=context_mask)
+        new = decode(state, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                     eos_id=eos_id, generator=generator, beam_width=beam_width,
+                     length_penalty=length_penalty)
+        out = torch.cat([ids, new], dim=1)
+        if eos_id is not None and new.shape[1] < max_new_tokens:
+            out = torch.cat([out, out.new_full((len(out), max_new_tokens - new.shape[1]),
+                                               eos_id)], dim=1)
         return out
 
 
+# Seq2Seq's state-dict names before it was built on TextDecoder, and today's.
+_OLD_SEQ2SEQ_KEYS = (("tgt_embed.", "decoder.embed."),
+                     ("decoder.blocks.", "decoder.blocks.blocks."),
+                     ("decoder.norm.", "decoder.blocks.norm."), ("lm_head.", "decoder.lm_head."))
+
+
 class Seq2Seq(nn.Module):
-    """The original Transformer: an encoder, then a causal decoder with cross-attention.
+    """The original Transformer: an encoder, then a `TextDecoder` with cross-attention to it.
 
     src (B, S) [+ src_mask (B, S)], tgt (B, T) (starting with bos) -> logits (B, T, tgt_vocab).
-    `generate(src, max_new_tokens, beam_width=1)` is greedy, wider is beam search.
+    `generate(src, max_new_tokens, beam_width=1)` is greedy, wider is beam search; both run
+    TextDecoder.generate with the encoder output as context.
     """
 
     @renamed_options(**_RENAMED)
@@ -300,24 +351,23 @@ class Seq2Seq(nn.Module):
                  drop_path_rate: float = 0.0, bos_id: int = 1, eos_id: int = 2,
                  pad_id: int = 0):
         super().__init__()
-        tgt_vocab_size = tgt_vocab_size or vocab_size
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
-        kw = dict(norm_first=norm_first, final_norm=norm_first, norm_eps=norm_eps, act=act,
-                  qkv_bias=True, attn_drop=attn_drop_rate, proj_drop=drop_rate,
-                  drop_path=drop_path_rate)
+        kw = dict(norm_first=norm_first, norm_eps=norm_eps, act=act)
+        drops = dict(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                     drop_path_rate=drop_path_rate)
         self.src_embed = TextEmbedding(vocab_size, dim, max_len, pos=pos, drop_rate=drop_rate)
-        self.tgt_embed = TextEmbedding(tgt_vocab_size, dim, max_len, pos=pos,
-                                       drop_rate=drop_rate)
         self.rope = RotaryEmbedding(dim // num_heads) if pos == "rope" else None
-        self.encoder = Encoder(depth, dim, num_heads, mlp_ratio, **kw)
-        self.decoder = Decoder(decoder_depth or depth, dim, num_heads, mlp_ratio,
-                               cross_attention=True, **kw)
-        self.lm_head = nn.Linear(dim, tgt_vocab_size, bias=False)
+        self.encoder = Encoder(depth, dim, num_heads, mlp_ratio, final_norm=norm_first,
+                               qkv_bias=True, attn_drop=attn_drop_rate, proj_drop=drop_rate,
+                               drop_path=drop_path_rate, **kw)
+        self.decoder = TextDecoder(tgt_vocab_size or vocab_size, max_len, dim,
+                                   decoder_depth or depth, num_heads, mlp_ratio, pos=pos,
+                                   cross_attention=True, **kw, **drops)
         self.init_weights()
-        self.lm_head.weight = self.tgt_embed.tok.weight
+        self.register_load_state_dict_pre_hook(_rename_old_seq2seq_keys)
 
     def init_weights(self):
-        _init_text(self)
+        _init_text(self)  # plain N(0, 0.02) everywhere, the decoder included
 
     def encode(self, src, src_mask=None):
         self.src_embed.check(src, src.shape[1])
@@ -325,40 +375,33 @@ class Seq2Seq(nn.Module):
 
     def decode(self, tgt, memory, src_mask=None, cache=None, offset: int = 0):
         positions = torch.arange(offset, offset + tgt.shape[1], device=tgt.device)
-        x = self.tgt_embed(tgt, positions)
-        x = self.decoder(x, context=memory, context_mask=key_mask(src_mask), rope=self.rope,
-                         cache=cache)
-        return self.lm_head(x)
+        return self.decoder(tgt, positions=positions, cache=cache, context=memory,
+                            context_mask=src_mask)
 
     def forward(self, src, tgt, src_mask=None):
-        self.tgt_embed.check(tgt)
         return self.decode(tgt, self.encode(src, src_mask), src_mask)
 
     @torch.no_grad()
     def generate(self, src, max_new_tokens: int, beam_width: int = 1, src_mask=None,
                  length_penalty: float = 1.0):
-        """(B, S) -> (B, 1 + new): bos, then the decoded tokens (eos-filled after eos)."""
-        if beam_width < 1:
-            raise ValueError(f"beam_width must be >= 1, got {beam_width}")
-        if self.tgt_embed.pos_kind != "rope" and max_new_tokens + 1 > self.tgt_embed.max_len:
-            raise ValueError(f"max_new_tokens + 1 = {max_new_tokens + 1} exceeds the position "
-                             f"table (max_len={self.tgt_embed.max_len})")
-        memory = self.encode(src, src_mask)  # (B, S, dim)
-        K = beam_width
-        memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, dim)
-        src_mask = None if src_mask is None else src_mask.repeat_interleave(K, dim=0)
-        cache = self.decoder.new_cache()
-        start = src.new_full((src.shape[0] * K, 1), self.bos_id)
+        """(B, S) -> (B, 1 + new): bos, then the decoded tokens (eos-filled after eos), up to
+        the step where every row has produced eos."""
+        start = src.new_full((src.shape[0], 1), self.bos_id)
+        out = self.decoder.generate(start, max_new_tokens, temperature=0.0, eos_id=self.eos_id,
+                                    context=self.encode(src, src_mask), context_mask=src_mask,
+                                    beam_width=beam_width, length_penalty=length_penalty)
+        return trim_finished(out, self.eos_id, start=1)
 
-        def step(tokens):
-            logits = self.decode(tokens, memory, src_mask, cache, offset=cache[0].length)
-            return logits[:, -1].float().log_softmax(-1)
 
-        def reorder(index):
-            for c in cache:
-                c.reorder(index)
-
-        return beam_search(step, reorder, start, K, max_new_tokens, self.eos_id, length_penalty)
+def _rename_old_seq2seq_keys(module, state_dict, prefix, *args):
+    # Checkpoints written before Seq2Seq was built on TextDecoder still load.
+    if prefix + "tgt_embed.tok.weight" not in state_dict:
+        return
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        for old, new in _OLD_SEQ2SEQ_KEYS:
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+                break
 
 
 def _build(cls, defaults: dict, overrides: dict):
