@@ -200,8 +200,12 @@ class Trainer:
             out = self.accelerator.gather_for_metrics(out)  # drops the padding of the last batch
             for k, v in out.items():
                 chunks[k].append(v.detach().cpu())
-        self.model.train()
         result = self.task.eval_finalize({k: torch.cat(v) for k, v in chunks.items()})
+        with self.accelerator.autocast():
+            result.update(self.task.eval_generated(
+                self.accelerator.unwrap_model(model), split, step,
+                self.run_dir if self.main else None, self.log))
+        self.model.train()
         if first is not None and self.main:
             self._examples = (split, self.task.examples(*first))
         return result

@@ -37,7 +37,7 @@ class CausalLMTask(Task):
 
     def __init__(self, sample_tokens: int = 24, temperature: float = 0.8, top_k: int = 10):
         self.sample_tokens, self.temperature, self.top_k = sample_tokens, temperature, top_k
-        self.tokenizer, self._model = None, None
+        self.tokenizer, self._prompt = None, None
 
     def model_kwargs(self, dataset):
         self.tokenizer = getattr(dataset, "tokenizer", None)
@@ -56,21 +56,26 @@ class CausalLMTask(Task):
         return loss, {"loss": loss.detach(), "ppl": loss.detach().exp()}
 
     def eval_step(self, model, batch):
-        self._model, self._prompt = model, batch["ids"][:1, :4]
+        if self._prompt is None:  # the first evaluation batch's opening: the same every eval
+            self._prompt = batch["ids"][:1, :4].cpu()
         nll, logits = self._nll(model, batch["ids"])
         correct = (logits.argmax(-1) == batch["ids"][:, 1:]).sum(1)
         n = torch.full_like(correct, nll.shape[1])
         return {"nll": nll.sum(1), "tokens": n, "correct": correct}
 
     def eval_finalize(self, outputs):
-        out = _nll_finalize(outputs)
-        if self._model is not None and hasattr(self._model, "generate"):
-            gen = self._model.generate(self._prompt, self.sample_tokens,
-                                       temperature=self.temperature, top_k=self.top_k)
-            text = self.tokenizer.decode(gen[0].tolist()) if self.tokenizer else gen[0].tolist()
-            out["sample"] = str(text)
+        return _nll_finalize(outputs)
+
+    def eval_generated(self, model, split, step, run_dir, log):
+        if self._prompt is None or not hasattr(model, "generate"):
+            return {}
+        device = next(model.parameters()).device
+        gen = model.generate(self._prompt.to(device), self.sample_tokens,
+                             temperature=self.temperature, top_k=self.top_k)
+        text = self.tokenizer.decode(gen[0].tolist()) if self.tokenizer else gen[0].tolist()
+        if run_dir is not None:
             tqdm.write(f"sample: {text}")
-        return out
+        return {"sample": str(text)}
 
 
 @register_task("masked_lm")
