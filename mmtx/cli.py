@@ -7,14 +7,16 @@ import sys
 
 
 def _models(args) -> None:
-    from .models import create_model, list_models
+    from .models import create_model, list_models, model_info
     from .models.summary import count_params
 
-    names = list_models(args.pattern)
+    names = list_models(args.pattern, family=args.family)
     width = max((len(n) for n in names), default=10)
-    print(f"{'model':<{width}}  {'params':>12}")
+    print(f"{'model':<{width}}  {'family':<10} {'task':<20} {'params':>12}")
     for name in names:
-        print(f"{name:<{width}}  {count_params(create_model(name)):>12,}")
+        info = model_info(name)
+        print(f"{name:<{width}}  {info.family:<10} {info.task or '-':<20} "
+              f"{count_params(create_model(name)):>12,}")
 
 
 def _train(args) -> None:
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models with parameter counts")
     p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--family", default=None, help="only this family, e.g. vit, cnn, text")
     p.set_defaults(fn=_models)
 
     p = sub.add_parser("demo", help="attention worked example and a heatmap PNG")

@@ -47,6 +47,12 @@ def test_cli_models_lists_vision(capsys):
     assert "3,760,139" in out
     cli_main(["models", "vit_micro*"])
     assert "vit_micro_patch2_16" in capsys.readouterr().out
+    cli_main(["models", "--family", "hybrid"])
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert rows and all(r.split()[1:3] == ["hybrid", "classification"] for r in rows)
+    with pytest.raises(SystemExit) as e:
+        cli_main(["models", "--family", "vti"])
+    assert e.value.code == 2 and "known families: cnn" in capsys.readouterr().err
 
 
 # --- parameter counts against the references -------------------------------------------------
