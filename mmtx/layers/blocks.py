@@ -211,7 +211,7 @@ class Transformer(nn.Module):
         super().__init__()
         if depth <= 0:
             raise ValueError(f"depth must be > 0, got {depth}")
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # (meta-safe)
         self.blocks = nn.ModuleList(
             Block(dim, num_heads, mlp_ratio, drop_path=r, **block_kwargs) for r in rates
         )

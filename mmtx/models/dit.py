@@ -145,6 +145,75 @@ def check_labels(y, num_classes: int, batch: int) -> None:
                          f"got values in [{int(y.min())}, {int(y.max())}]")
 
 
+class Conditioner(nn.Module):
+    """Timestep, class label and caption -> the conditioning vector c (B, dim) [+ the caption's
+    context for cross-attention], shared by the DiT and the U-Net.
+
+    forward(t, y=None, caption_ids=None, caption_mask=None, batch=B) -> (c (B, dim), context
+    (B, 1 + L, text_dim) or None, context_mask (B, 1, 1, 1 + L) or None). In training mode each
+    row is made unconditional (null class and null caption together) with probability
+    `cond_drop`. time_embed="diffusers" uses diffusers' DiT timestep frequencies.
+    """
+
+    def __init__(self, dim: int, num_classes: int = 0, vocab_size: int = 0, *,
+                 cond_drop: float = 0.1, freq_dim: int = 256, time_embed: str = "mmtx",
+                 max_caption_len: int = 32, text_dim: int = 256, text_depth: int = 2,
+                 text_heads: int = 4, pad_id: int = 0, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0):
+        super().__init__()
+        if num_classes < 0 or vocab_size < 0:
+            raise ValueError(f"num_classes and vocab_size must be >= 0 (0 = no such condition),"
+                             f" got {num_classes}, {vocab_size}")
+        if not 0.0 <= cond_drop < 1.0:
+            raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
+        self.num_classes, self.cond_drop = num_classes, cond_drop
+        t_embed = DiffusersTimestepEmbedding if time_embed == "diffusers" else TimestepEmbedding
+        self.t_embed = t_embed(dim, freq_dim)
+        # The label embedding drops nothing itself: forward draws one drop per row for every
+        # condition, so a dropped row is fully unconditional.
+        self.y_embed = LabelEmbedding(num_classes, dim) if num_classes else None
+        self.caption = CaptionConditioner(
+            vocab_size, max_caption_len, dim, text_dim, text_depth, text_heads, pad_id,
+            drop_rate, attn_drop_rate) if vocab_size else None
+
+    def init_weights(self) -> None:
+        self.t_embed.init_weights()  # N(0, 0.02), DiT's
+        if self.y_embed is not None:
+            nn.init.normal_(self.y_embed.table.weight, std=0.02)  # DiT's
+        if self.caption is not None:
+            self.caption.init_weights()
+
+    def forward(self, t, y=None, caption_ids=None, caption_mask=None, *, batch: int):
+        device = self.t_embed.mlp[0].weight.device
+        t = torch.as_tensor(t, device=device)
+        t = t.expand(batch) if t.dim() == 0 else t  # (B,)
+        if tuple(t.shape) != (batch,):
+            raise ValueError(f"t must be a scalar or ({batch},), got shape {tuple(t.shape)}")
+        drop = None
+        if self.training and self.cond_drop > 0:
+            drop = torch.rand(batch, device=device) < self.cond_drop  # (B,) rows made null
+        c = self.t_embed(t)  # (B, dim)
+        if y is not None and self.y_embed is None:
+            raise ValueError("y (class labels) given to a model built with num_classes=0")
+        if self.y_embed is not None:
+            if y is None:
+                y = torch.full((batch,), self.num_classes, device=device)  # the null class
+            check_labels(y, self.num_classes, batch)
+            c = c + self.y_embed(y, force_drop=drop)
+        if caption_ids is not None and self.caption is None:
+            raise ValueError("caption_ids given to a model built with vocab_size=0")
+        if self.caption is None:
+            return c, None, None
+        if caption_ids is None:  # the null caption: one pad token, no real token
+            caption_ids = torch.full((batch, 1), self.caption.pad_id, device=device)
+            caption_mask = torch.zeros(batch, 1, dtype=torch.bool, device=device)
+        if caption_ids.dim() != 2 or caption_ids.shape[0] != batch:
+            raise ValueError(f"caption_ids must be ({batch}, L), got shape "
+                             f"{tuple(caption_ids.shape)}")
+        context, context_mask, pooled = self.caption(caption_ids, caption_mask, drop)
+        return c + pooled, context, context_mask
+
+
 class DiT(nn.Module):
     """A diffusion transformer over patch tokens; see the module docstring.
 
@@ -167,26 +236,18 @@ class DiT(nn.Module):
         super().__init__()
         if sincos not in SINCOS:
             raise ValueError(f"sincos must be one of {SINCOS}, got {sincos!r}")
-        if num_classes < 0 or vocab_size < 0:
-            raise ValueError(f"num_classes and vocab_size must be >= 0 (0 = no such condition),"
-                             f" got {num_classes}, {vocab_size}")
-        if not 0.0 <= cond_drop < 1.0:
-            raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
-        self.in_chans, self.num_classes, self.cond_drop = in_chans, num_classes, cond_drop
+        self.in_chans, self.num_classes = in_chans, num_classes
         self.out_chans = 2 * in_chans if learn_sigma else in_chans
-        self.patch_size, self.dim, self.sincos = patch_size, dim, sincos
+        self.dim, self.sincos = dim, sincos
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
         gh, gw = self.patch_embed.grid_size
         self.register_buffer("pos_table", self._sincos_table(gh, gw), persistent=False)
-        t_embed = DiffusersTimestepEmbedding if sincos == "diffusers" else TimestepEmbedding
-        self.t_embed = t_embed(dim, freq_dim)
-        # The label embedding drops nothing itself: forward draws one drop per row for all
-        # conditions, so a row is dropped to fully unconditional.
-        self.y_embed = LabelEmbedding(num_classes, dim) if num_classes else None
-        self.caption = CaptionConditioner(
-            vocab_size, max_caption_len, dim, text_dim, text_depth, text_heads, pad_id,
-            drop_rate, attn_drop_rate) if vocab_size else None
+        self.cond = Conditioner(dim, num_classes, vocab_size, cond_drop=cond_drop,
+                                freq_dim=freq_dim, time_embed=sincos,
+                                max_caption_len=max_caption_len, text_dim=text_dim,
+                                text_depth=text_depth, text_heads=text_heads, pad_id=pad_id,
+                                drop_rate=drop_rate, attn_drop_rate=attn_drop_rate)
         self.blocks = Encoder(depth, dim, num_heads, mlp_ratio, cond_dim=dim, final_norm=False,
                               cross_attention=vocab_size > 0,
                               context_dim=text_dim if vocab_size else None, qkv_bias=qkv_bias,
@@ -204,7 +265,7 @@ class DiT(nn.Module):
 
         - Linears of the blocks and the final layer: Xavier-uniform, zero bias (DiT's basic
           init); the patch projection likewise, as the Linear over flattened patches it is.
-        - timestep MLP and label table: N(0, 0.02) (their own init, as in DiT).
+        - timestep MLP and label table: N(0, 0.02) (`Conditioner.init_weights`, DiT's).
         - adaLN projections of every block and of the final layer: zero, so each block starts
           as the identity and the condition acts only once learned (adaLN-Zero).
         - final Linear: zero, so the untrained model predicts exactly 0, a neutral start for
@@ -219,11 +280,7 @@ class DiT(nn.Module):
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
-        self.t_embed.init_weights()
-        if self.y_embed is not None:
-            nn.init.normal_(self.y_embed.table.weight, std=0.02)
-        if self.caption is not None:
-            self.caption.init_weights()
+        self.cond.init_weights()
         for lin in (*(b.ada[1] for b in self.blocks.blocks), self.ada_out[1], self.head):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -232,45 +289,14 @@ class DiT(nn.Module):
         table = diffusers_sincos_2d if self.sincos == "diffusers" else sincos_2d_encoding
         return table(gh, gw, self.dim)[None]  # (1, N, dim)
 
-    def condition(self, t, y=None, caption_ids=None, caption_mask=None, batch: int = None):
-        """-> c (B, dim), context (B, 1 + L, text_dim) or None, context_mask or None."""
-        device = self.pos_table.device
-        t = torch.as_tensor(t, device=device)
-        t = t.expand(batch) if t.dim() == 0 else t  # (B,)
-        if tuple(t.shape) != (batch,):
-            raise ValueError(f"t must be a scalar or ({batch},), got shape {tuple(t.shape)}")
-        drop = None
-        if self.training and self.cond_drop > 0:
-            drop = torch.rand(batch, device=device) < self.cond_drop  # (B,) rows made null
-        c = self.t_embed(t)  # (B, dim)
-        if y is not None and self.y_embed is None:
-            raise ValueError("y (class labels) given to a DiT built with num_classes=0")
-        if self.y_embed is not None:
-            if y is None:
-                y = torch.full((batch,), self.num_classes, device=device)  # the null class
-            check_labels(y, self.num_classes, batch)
-            c = c + self.y_embed(y, force_drop=drop)
-        context = context_mask = None
-        if caption_ids is not None and self.caption is None:
-            raise ValueError("caption_ids given to a DiT built with vocab_size=0")
-        if self.caption is not None:
-            if caption_ids is None:  # the null caption: one pad token, no real token
-                caption_ids = torch.full((batch, 1), self.caption.pad_id, device=device)
-                caption_mask = torch.zeros(batch, 1, dtype=torch.bool, device=device)
-            if caption_ids.shape[0] != batch:
-                raise ValueError(f"caption_ids must have batch size {batch}, got shape "
-                                 f"{tuple(caption_ids.shape)}")
-            context, context_mask, pooled = self.caption(caption_ids, caption_mask, drop)
-            c = c + pooled
-        return c, context, context_mask
-
     def forward_features(self, x, c, context=None, context_mask=None, return_attn=False):
         """x (B, C, H, W), c (B, dim) -> tokens (B, N, dim) [, Intermediates with return_attn]."""
+        tokens = self.patch_embed(x)  # (B, N, dim); checks channels and divisibility
         grid = self.patch_embed.grid_for(*x.shape[-2:])
         pos = self.pos_table if tuple(grid) == tuple(self.patch_embed.grid_size) \
             else self._sincos_table(*grid).to(self.pos_table)
         # The table keeps the model's dtype: under autocast the residual stream stays float32.
-        tokens = self.patch_embed(x) + pos  # (B, N, dim)
+        tokens = tokens + pos  # (B, N, dim)
         return self.blocks(tokens, context=context, context_mask=context_mask, cond=c,
                            return_attn=return_attn)
 
@@ -283,7 +309,7 @@ class DiT(nn.Module):
     def forward(self, x, t, y=None, caption_ids=None, caption_mask=None):
         if x.dim() != 4:
             raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
-        c, context, context_mask = self.condition(t, y, caption_ids, caption_mask, x.shape[0])
+        c, context, context_mask = self.cond(t, y, caption_ids, caption_mask, batch=x.shape[0])
         tokens = self.forward_features(x, c, context, context_mask)
         return self.forward_head(tokens, c, *x.shape[-2:])
 
@@ -451,11 +477,11 @@ def from_diffusers_dit(model) -> DiT:
     emb = _shared_embedding(blocks)
     sd = {"patch_embed.proj.weight": src["pos_embed.proj.weight"],
           "patch_embed.proj.bias": src["pos_embed.proj.bias"],
-          "t_embed.mlp.0.weight": emb["timestep_embedder.linear_1.weight"],
-          "t_embed.mlp.0.bias": emb["timestep_embedder.linear_1.bias"],
-          "t_embed.mlp.2.weight": emb["timestep_embedder.linear_2.weight"],
-          "t_embed.mlp.2.bias": emb["timestep_embedder.linear_2.bias"],
-          "y_embed.table.weight": emb["class_embedder.embedding_table.weight"],
+          "cond.t_embed.mlp.0.weight": emb["timestep_embedder.linear_1.weight"],
+          "cond.t_embed.mlp.0.bias": emb["timestep_embedder.linear_1.bias"],
+          "cond.t_embed.mlp.2.weight": emb["timestep_embedder.linear_2.weight"],
+          "cond.t_embed.mlp.2.bias": emb["timestep_embedder.linear_2.bias"],
+          "cond.y_embed.table.weight": emb["class_embedder.embedding_table.weight"],
           "ada_out.1.weight": src["proj_out_1.weight"], "ada_out.1.bias": src["proj_out_1.bias"],
           "head.weight": src["proj_out_2.weight"], "head.bias": src["proj_out_2.bias"]}
     for i in range(cfg.num_layers):
