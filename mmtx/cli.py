@@ -1,4 +1,4 @@
-"""The `mmtx` command line: train, run, models, demo."""
+"""The `mmtx` command line: train, run, models, caption, zeroshot, demo."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ def _run(args) -> None:
     run_experiment(args.experiment, out_dir=args.out, overrides=args.set)
 
 
+def _caption(args) -> None:
+    from .predict import caption_command
+
+    caption_command(args.run_dir, args.images, beam=args.beam, attn_out=args.attn)
+
+
+def _zeroshot(args) -> None:
+    from .predict import zeroshot_command
+
+    labels = [w.strip() for w in args.labels.split(",") if w.strip()]
+    zeroshot_command(args.run_dir, args.images, labels, template=args.template)
+
+
 def _demo(args) -> None:
     from .viz.demo import main as demo_main
 
@@ -60,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--family", default=None, help="only this family, e.g. vit, cnn, text")
     p.set_defaults(fn=_models)
+
+    p = sub.add_parser("caption", help="caption images with a trained captioner run")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument("--attn", default=None, metavar="PNG",
+                   help="also draw each word's attention over its image")
+    p.set_defaults(fn=_caption)
+
+    p = sub.add_parser("zeroshot", help="rank labels for images with a trained CLIP run")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--labels", required=True, help="comma-separated, e.g. circle,square")
+    p.add_argument("--template", default="{}", help='prompt around each label, e.g. "a {}"')
+    p.set_defaults(fn=_zeroshot)
 
     p = sub.add_parser("demo", help="attention worked example and a heatmap PNG")
     p.add_argument("--out", default="attention_demo.png")

@@ -86,8 +86,10 @@ class Trainer:
         if model is None:
             kwargs = {**self.task.model_kwargs(self.datasets["train"]), **cfg.model.args}
             model = create_model(cfg.model.name, **kwargs)
+            self.model_spec = {"name": cfg.model.name, "args": kwargs}  # for load_run
         else:
             self.task.model_kwargs(self.datasets["train"])  # lets the task read class names
+            self.model_spec = None  # a model object: not rebuildable by name
         self.params = sum(p.numel() for p in model.parameters())
 
         d = cfg.data
@@ -370,6 +372,8 @@ class Trainer:
         extra = {}
         if self.main:
             ckpt.save_weights(final_model, self.run_dir / "model.safetensors")
+            if self.model_spec is not None:
+                (self.run_dir / "model.json").write_text(json.dumps(self.model_spec, indent=1))
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             extra = self.task.artefacts(final_model, self.datasets, results, self.run_dir, log,
                                         step)

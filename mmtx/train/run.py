@@ -1,0 +1,32 @@
+"""A finished run read back: its config, its model (the EMA weights when it kept an EMA) and
+the task that trained it, for commands that use a trained model (`mmtx caption`, ...)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..models.registry import create_model
+from .checkpoint import load_weights
+from .config import Config, load_config
+from .tasks import Task, create_task
+
+
+def load_run(run_dir) -> tuple[nn.Module, Config, Task]:
+    """(model in eval mode, config, task) of the finished run in `run_dir`.
+
+    The model is rebuilt from `model.json` (its registered name and every keyword it was
+    built with, those the task derived from the data included) and loaded from
+    `model.safetensors`, which holds the EMA weights when the run kept an EMA."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "model.json", "model.safetensors"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"run_dir {str(run_dir)!r}: no {name}; expected the "
+                                    f"directory of a finished `mmtx train` run")
+    cfg = load_config(run_dir / "config.yaml")
+    spec = json.loads((run_dir / "model.json").read_text())
+    model = load_weights(create_model(spec["name"], **spec["args"]),
+                         run_dir / "model.safetensors")
+    return model.eval(), cfg, create_task(cfg.task.name, **cfg.task.args)
