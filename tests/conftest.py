@@ -67,7 +67,49 @@ def _rnn(info, overrides: dict):
     return kw, (torch.randint(0, VOCAB, (B, 8)),), (B, kw["num_classes"])
 
 
-BUILDERS = {"vit": _vision, "cnn": _vision, "hybrid": _vision, "text": _text, "rnn": _rnn}
+def _generation(info, overrides: dict):
+    """Noisy images (B, 2, 8, 8), times (B,), class ids (B,) -> a prediction of the images'
+    shape (DiT: 2 px patches, one 32-wide block; U-Net: widths 8/16)."""
+    kw = dict(img_size=8, in_chans=2, num_classes=NUM_CLASSES)
+    if info.family == "dit":
+        kw.update(patch_size=2, dim=32, depth=1, num_heads=2)
+    elif info.family == "unet":
+        kw.update(channels=(8, 16), num_heads=2)
+    kw.update(overrides)
+    x = torch.randn(B, kw["in_chans"], 8, 8)
+    return kw, (x, torch.rand(B), torch.randint(0, NUM_CLASSES, (B,))), tuple(x.shape)
+
+
+class _PairLogits(nn.Module):
+    """A dual encoder's (image_features, text_features, logit_scale) as one (B, B) tensor of
+    image-to-text logits, so the contract test can check and backpropagate it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, ids):
+        image_features, text_features, scale = self.model(images, ids)
+        return scale * image_features @ text_features.T
+
+
+def _vision_language(info, overrides: dict):
+    """Images (B, 2, 8, 8) + token ids (B, 6): captioners -> per-token logits (B, 6, VOCAB);
+    dual encoders -> (B, B) image-text logits (through _PairLogits)."""
+    kw = dict(img_size=8, patch_size=4, in_chans=2, dim=32, depth=1, num_heads=2,
+              vocab_size=VOCAB, max_len=16, text_dim=32, text_depth=1, text_heads=2)
+    if info.family == "clip":
+        kw.update(embed_dim=16)
+    kw.update(overrides)
+    inputs = (torch.randn(B, kw["in_chans"], 8, 8), torch.randint(0, VOCAB, (B, 6)))
+    if info.family == "clip":
+        return kw, inputs, (B, B), _PairLogits
+    return kw, inputs, (B, 6, kw["vocab_size"])
+
+
+BUILDERS = {"vit": _vision, "cnn": _vision, "hybrid": _vision, "text": _text, "rnn": _rnn,
+            "captioner": _vision_language, "clip": _vision_language,
+            "dit": _generation, "unet": _generation}
 
 
 def build_small(name: str, **overrides) -> SmallModel:
@@ -75,8 +117,10 @@ def build_small(name: str, **overrides) -> SmallModel:
     if info.family not in BUILDERS:
         raise AssertionError(f"no small-input builder for family {info.family!r} ({name}); "
                              f"add one to tests/conftest.py")
-    kw, inputs, out_shape = BUILDERS[info.family](info, overrides)
-    return SmallModel(create_model(name, **kw), inputs, out_shape)
+    # A builder may add a wrapper for models whose forward returns more than one tensor.
+    kw, inputs, out_shape, *wrap = BUILDERS[info.family](info, overrides)
+    model = create_model(name, **kw)
+    return SmallModel(wrap[0](model) if wrap else model, inputs, out_shape)
 
 
 @pytest.fixture

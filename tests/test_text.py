@@ -126,6 +126,40 @@ def test_seq2seq_beam_width_one_is_greedy_and_beams_score_higher():
         assert (logprob(beam4) >= logprob(beam1) - 1e-5).all()
 
 
+@pytest.mark.parametrize("beam_width", [1, 3])
+def test_decoder_with_context_cached_equals_uncached(beam_width):
+    model = tiny_gpt(cross_attention=True, context_dim=24)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, V, (3, 4), generator=g)
+    mask = torch.ones(3, 4, dtype=torch.long)
+    mask[1, :2] = 0  # left padding
+    context = torch.randn(3, 6, 24, generator=g)
+    context_mask = torch.ones(3, 6, dtype=torch.bool)
+    context_mask[2, 4:] = False
+    kw = dict(temperature=0, attention_mask=mask, context=context, context_mask=context_mask,
+              beam_width=beam_width)
+    a = model.generate(ids, 10, use_cache=True, **kw)
+    assert a.shape == (3, 14) and torch.equal(a, model.generate(ids, 10, use_cache=False, **kw))
+    hidden = context.clone()
+    hidden[2, 4:] = 100.0  # masked context tokens are not read
+    assert torch.equal(a, model.generate(ids, 10, **{**kw, "context": hidden}))
+    if beam_width > 1:  # no eos: the best of 3 beams is at least as likely as greedy
+        greedy = model.generate(ids[:1], 10, temperature=0, context=context[:1])
+        beam = model.generate(ids[:1], 10, context=context[:1], beam_width=3, length_penalty=0.0)
+
+        def logprob(seq):
+            logits = model(seq[:, :-1], context=context[:1]).log_softmax(-1)
+            return logits.gather(-1, seq[:, 1:, None])[:, 3:].sum()
+
+        assert logprob(beam) >= logprob(greedy) - 1e-5
+    with pytest.raises(ValueError, match="cross_attention=False"):
+        tiny_gpt().generate(ids, 2, context=context)
+    with pytest.raises(ValueError, match="context must be given"):
+        model.generate(ids, 2)
+    with pytest.raises(ValueError, match="beam search"):
+        model.generate(ids, 2, context=context, beam_width=2, top_k=3)
+
+
 def test_encoder_heads_and_padding():
     torch.manual_seed(0)
     enc = TextEncoder(vocab_size=V, max_len=16, dim=32, depth=2, num_heads=4, num_classes=3,

@@ -7,7 +7,10 @@ factories. Add a new family's module to the second import.
 from .registry import ModelInfo, create_model, list_models, model_info, register_model
 
 # isort: split
-from . import cnn, dit, hybrid, rnn, text, vit  # noqa: F401  (registers every family's models)
+from . import captioner, clip  # noqa: F401  (the vision-language families)
+
+# isort: split
+from . import cnn, dit, hybrid, rnn, text, unet, vit  # noqa: F401  (registers every family's models)
 from .summary import model_summary
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model",
