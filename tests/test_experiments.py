@@ -306,3 +306,25 @@ def test_sigkill_of_the_experiment_kills_its_workers(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_vision_language_quick_end_to_end(tmp_path, monkeypatch):
+    res = run_experiment(EXPERIMENTS / "vision_language_quick.yaml", tmp_path)
+    by = {r["model"]: r for r in res["runs"]}
+    assert set(by) == {"captioner", "clip", "negclip"}
+    for r in by.values():
+        for kind in ("swap_attributes", "swap_objects", "reverse_relation"):
+            assert 0.0 <= r[f"foil_{kind}"] <= 1.0 and r[f"foil_{kind}_n"] > 0
+    assert 0.0 <= by["captioner"]["exact"] <= 1.0
+    assert 0.0 <= by["clip"]["image_to_text_R@1"] <= 1.0 and "zero_shot_shape" in by["negclip"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| negclip | contrastive |" in report and "## Targets" in report
+    for name in ("foils.png", "attention_captioner.png", "results.json"):
+        assert (tmp_path / name).stat().st_size > 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("mmtx.train.train", no_training)
+    assert run_experiment(EXPERIMENTS / "vision_language_quick.yaml", tmp_path)["runs"] == \
+        res["runs"]

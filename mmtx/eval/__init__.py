@@ -1,9 +1,11 @@
-"""Measures that judge models from their outputs: retrieval R@k, zero-shot and foil accuracy.
+"""Measures that judge models from their outputs: retrieval R@k, zero-shot and foil accuracy,
+the pointing game.
 
 mmtx.eval is used by training and experiments and imports neither (mmtx.train,
 mmtx.experiments); it works on tensors a model has already produced.
 """
 
+from .grounding import patch_coverage, pointing_game
 from .retrieval import (
     class_embeddings,
     foil_accuracy,
@@ -14,4 +16,4 @@ from .retrieval import (
 )
 
 __all__ = ["retrieval_recall", "retrieval_ranks", "zero_shot_accuracy", "zero_shot_logits",
-           "class_embeddings", "foil_accuracy"]
+           "class_embeddings", "foil_accuracy", "pointing_game", "patch_coverage"]
