@@ -1,4 +1,4 @@
-"""The `mmtx` command line: train, run, models, caption, zeroshot, demo."""
+"""The `mmtx` command line: train, run, models, caption, zeroshot, sample, demo."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ def _zeroshot(args) -> None:
 
     labels = [w.strip() for w in args.labels.split(",") if w.strip()]
     zeroshot_command(args.run_dir, args.images, labels, template=args.template)
+
+
+def _sample(args) -> None:
+    from .sample import sample_command
+
+    sample_command(args.run_dir, classes=args.classes, prompts=args.prompts, n=args.n,
+                   steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
+                   out=args.out, out_dir=args.out_dir)
 
 
 def _demo(args) -> None:
@@ -88,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="comma-separated, e.g. circle,square")
     p.add_argument("--template", default="{}", help='prompt around each label, e.g. "a {}"')
     p.set_defaults(fn=_zeroshot)
+
+    p = sub.add_parser("sample", help="generate images with a trained generation run")
+    p.add_argument("run_dir")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME",
+                   help='class to draw, e.g. "red circle" (repeatable; cycled over --n)')
+    p.add_argument("--prompt", dest="prompts", action="append", default=None, metavar="TEXT",
+                   help="caption to draw, for caption-conditioned runs (repeatable)")
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--sampler", default=None, choices=["euler", "heun", "ddim", "ddpm"],
+                   help="default: the run's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="grid.png", help="grid PNG")
+    p.add_argument("--out-dir", default=None, help="also one PNG per image here")
+    p.set_defaults(fn=_sample)
 
     p = sub.add_parser("demo", help="attention worked example and a heatmap PNG")
     p.add_argument("--out", default="attention_demo.png")

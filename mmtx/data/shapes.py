@@ -5,6 +5,9 @@ Nothing is downloaded: each item is drawn on the fly from its own random stream,
 train / val / test streams never share a scene. Tasks label the same kind of scene differently:
 
 - "shape", "colour", "size": one object (by default); the label is its attribute.
+- "shape_colour": one object (by default); the label is the (shape, colour) pair,
+  shape_index * num_colours + colour_index, named "red circle": the classes of a
+  class-conditional image generator (6 x 8 = 48 by default).
 - "count": 1-3 objects (by default); the label is how many (class 0 = "one").
 - "relation": two objects at least 0.45 of the image side apart; the label says whether they are
   the same shape. Deciding needs both far-apart objects at once, which is what attention is credited
@@ -46,12 +49,12 @@ from .scene_text import (
 
 log = logging.getLogger(__name__)
 
-TASKS = ("shape", "colour", "size", "count", "relation", "caption")
-_ALIASES = {"color": "colour", "captions": "caption"}
+TASKS = ("shape", "colour", "size", "count", "relation", "caption", "shape_colour")
+_ALIASES = {"color": "colour", "captions": "caption", "shape_color": "shape_colour"}
 SPLITS = ("train", "val", "test")
 DEFAULT_NUM_SAMPLES = {"train": 10_000, "val": 1_000, "test": 2_000}
 DEFAULT_NUM_OBJECTS = {"shape": (1, 1), "colour": (1, 1), "size": (1, 1), "count": (1, 3),
-                       "relation": (2, 2), "caption": (2, 2)}
+                       "relation": (2, 2), "caption": (2, 2), "shape_colour": (1, 1)}
 # Radius ranges as fractions of the image side, by how crowded the scene is: lone objects are
 # drawn big so the default shape task is easy to read at 32 px.
 _RADII = {1: {"small": (0.17, 0.22), "large": (0.28, 0.36)},
@@ -80,7 +83,8 @@ class ShapesDataset(Dataset):
         image_size: side in pixels (square images, 3 channels).
         split: "train", "val" or "test"; each split has its own random streams.
         seed: dataset seed; (seed, split, index) fixes an item.
-        task: "shape", "colour" (or "color"), "size", "count" or "relation".
+        task: "shape", "colour" (or "color"), "size", "count", "relation", "caption" or
+            "shape_colour" (or "shape_color"; the label is shape * len(colours) + colour).
         num_objects: an int or a (min, max) range; the default depends on the task.
         shapes, colours: subsets of the available names (default all).
         noise: std of Gaussian pixel noise in [0, 1] units (default 0: clean).
@@ -147,6 +151,7 @@ class ShapesDataset(Dataset):
             "shape": list(self.shapes), "colour": list(self.colours), "size": ["small", "large"],
             "count": [NUMBERS[n] for n in range(1, hi + 1)], "relation": ["different", "same"],
             "caption": ["left", "right", "above", "below"],
+            "shape_colour": [f"{c} {s}" for s in self.shapes for c in self.colours],
         }[task]
         self.num_classes = len(self.class_names)
         self._labels: list[int] | None = None
@@ -217,6 +222,9 @@ class ShapesDataset(Dataset):
             return self.colours.index(objects[0].colour)
         if self.task == "size":
             return int(objects[0].size == "large")
+        if self.task == "shape_colour":
+            return (self.shapes.index(objects[0].shape) * len(self.colours)
+                    + self.colours.index(objects[0].colour))
         if self.task == "count":
             return len(objects) - 1
         if self.task == "caption":

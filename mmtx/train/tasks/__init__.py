@@ -1,6 +1,6 @@
 """Engine tasks, one file per task; importing this package registers them all."""
 
-from . import captioning, contrastive, text  # noqa: F401  each module registers its tasks
+from . import captioning, contrastive, generation, text  # noqa: F401  each registers its tasks
 from .base import Task, create_task, list_tasks, register_task
 from .classification import ClassificationTask
 

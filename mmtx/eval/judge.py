@@ -1,0 +1,332 @@
+"""The judge of generated shapes images: a small CNN, trained on real images only, that reads
+each object's shape, colour and size.
+
+It is independent of every generator in mmtx: its own plain PyTorch layers (no mmtx.layers, no
+mmtx.models), trained by its own loop on real `ShapesDataset` images, never on generated ones.
+Two measures come from it:
+
+- `cond_acc_<attribute>`: the fraction of generated images whose shape / colour / size the judge
+  reads as the one asked for (`predict`), next to the judge's own accuracy on real test images,
+  the ceiling (`Judge.ceiling`);
+- `fd_shapes`: the Frechet distance between judge features (`features`, the penultimate layer) of
+  generated and real images (mmtx.eval.generation.frechet_report). It is not FID.
+
+    judge = load_judge(ShapesDataset(task="shape_colour"))   # trains once, then cached
+    judge.predict(images)        # {"shape": (B, 6), "colour": (B, 8), "size": (B, 2)} logits
+    judge.features(images)       # (B, 128)
+    judge.ceiling                # {"shape": 1.0, "colour": 1.0, "size": 0.99...} on real test
+
+A judge is trained once per data configuration (image size, shapes, colours, jitter, noise,
+clutter, background) and training recipe, and cached as
+$MMTX_CACHE/judges/<config hash>.safetensors (default ~/.cache/mmtx/judges/), written atomically;
+its configuration and ceiling travel in the file's metadata. Images are in [-1, 1] (the shapes
+dataset's normalisation); inputs are clamped to it, as saving them as PNG would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..data.render import COLOURS, SHAPES
+from ..data.shapes import ShapesDataset
+from .generation import conditional_accuracy
+
+ATTRIBUTES = ("shape", "colour", "size")
+SIZES = ("small", "large")
+VERSION = 1  # bump when the architecture or the training loop changes: new cache key
+# What a shapes image looks like depends on these dataset options; the judge's key holds them.
+DATA_KEYS = ("image_size", "shapes", "colours", "colour_jitter", "noise", "clutter", "background")
+
+
+def default_cache_dir() -> Path:
+    """$MMTX_CACHE/judges, else ~/.cache/mmtx/judges."""
+    return Path(os.environ.get("MMTX_CACHE", "~/.cache/mmtx")).expanduser() / "judges"
+
+
+def judge_data_config(dataset=None, **overrides) -> dict:
+    """The image options a judge is trained for, from a ShapesDataset (or a subset of one) and
+    overrides; without a dataset, the shapes defaults."""
+    if dataset is not None and not all(hasattr(dataset, k) for k in DATA_KEYS):
+        raise ValueError(f"dataset: expected a ShapesDataset (or a subset of one) with "
+                         f"{', '.join(DATA_KEYS)}, got {type(dataset).__name__}")
+    cfg = {"image_size": 32, "shapes": list(SHAPES), "colours": list(COLOURS),
+           "colour_jitter": 0.05, "noise": 0.0, "clutter": 0, "background": [0.0, 0.0, 0.0]}
+    if dataset is not None:
+        cfg.update({k: getattr(dataset, k) for k in DATA_KEYS})
+    unknown = sorted(set(overrides) - set(DATA_KEYS))
+    if unknown:
+        raise ValueError(f"unknown judge data option(s) {unknown}; expected some of "
+                         f"{', '.join(DATA_KEYS)}")
+    cfg.update(overrides)
+    # One canonical, JSON-able form: the hash must not depend on tuples vs lists or int vs float.
+    return {"image_size": int(cfg["image_size"]), "shapes": [str(s) for s in cfg["shapes"]],
+            "colours": [str(c) for c in cfg["colours"]],
+            "colour_jitter": float(cfg["colour_jitter"]), "noise": float(cfg["noise"]),
+            "clutter": int(cfg["clutter"]), "background": [float(b) for b in cfg["background"]]}
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class Judge(nn.Module):
+    """A small CNN with one head per attribute; see the module docstring.
+
+    images (B, 3, H, W) in [-1, 1] -> a stride-2 conv stem and three convs (width, width,
+    2 width, 2 width channels; a max-pool between) -> mean and max over the (H/4, W/4) map ->
+    Linear + ReLU: the features (B, feature_dim) -> one Linear head per attribute. Mean and max
+    pooling both: the mean carries how much of the image an object covers (its size), the max
+    the sharpest local evidence (corners, points). Small on purpose: it trains in well under a
+    minute on a CPU and is still right on (nearly) every real test image.
+    """
+
+    def __init__(self, shapes=SHAPES, colours=tuple(COLOURS), in_chans: int = 3, width: int = 32,
+                 feature_dim: int = 128):
+        super().__init__()
+        self.names = {"shape": list(shapes), "colour": list(colours), "size": list(SIZES)}
+        self.trunk = nn.Sequential(
+            _conv(in_chans, width, stride=2), _conv(width, width),  # (B, w, H/2, W/2)
+            nn.MaxPool2d(2), _conv(width, 2 * width), _conv(2 * width, 2 * width))  # H/4
+        self.fc = nn.Linear(4 * width, feature_dim)
+        self.heads = nn.ModuleDict({a: nn.Linear(feature_dim, len(n))
+                                    for a, n in self.names.items()})
+        self.config: dict = {}
+        self.ceiling: dict[str, float] = {}
+        self.from_cache = False  # whether load_judge read it from the cache (True) or trained it
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        # Kaiming for the ReLU convs (torchvision's ResNet init); default Linear init otherwise.
+        for m in self.trunk.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, feature_dim): the penultimate layer (for fd_shapes)."""
+        if images.dim() != 4:
+            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        h = self.trunk(images.float().clamp(-1, 1))  # (B, 2w, H/4, W/4)
+        pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3))], dim=1)  # (B, 4w)
+        return F.relu(self.fc(pooled))
+
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) -> {"shape": (B, S), "colour": (B, C), "size": (B, 2)} logits."""
+        f = self.features(images)
+        return {a: head(f) for a, head in self.heads.items()}
+
+    forward = predict
+
+    def feature_extractor(self) -> nn.Module:
+        """A module mapping images to `features`, for mmtx.eval.generation.frechet_report."""
+        return _Features(self)
+
+    def targets(self, objects) -> dict[str, torch.Tensor]:
+        """Attribute dicts (an item's attributes["objects"][0], or {shape, colour, size} with
+        any subset of keys) -> {attribute: (N,) class ids}; unknown names are a ValueError."""
+        out = {}
+        for attr, names in self.names.items():
+            values = [o[attr] for o in objects if attr in o]
+            if not values:
+                continue
+            if len(values) != len(objects):
+                raise ValueError(f"targets: {attr!r} is given for some objects, not all")
+            bad = sorted({v for v in values if v not in names})
+            if bad:
+                raise ValueError(f"targets: unknown {attr} {bad}; the judge knows {names}")
+            out[attr] = torch.tensor([names.index(v) for v in values])
+        return out
+
+    @torch.no_grad()
+    def accuracy(self, images: torch.Tensor, targets: dict[str, torch.Tensor],
+                 batch_size: int = 256) -> dict[str, float]:
+        """{attribute: fraction read as `targets`} (plus "all" with several attributes), in
+        fp32 whatever autocast is on outside."""
+        with torch.autocast(images.device.type, enabled=False):
+            acc = conditional_accuracy(_Heads(self, list(targets)), images, targets,
+                                       batch_size=batch_size)
+        return acc
+
+
+class _Features(nn.Module):
+    def __init__(self, judge: Judge):
+        super().__init__()
+        self.judge = judge
+
+    def forward(self, images):
+        with torch.autocast(images.device.type, enabled=False):
+            return self.judge.features(images)
+
+
+class _Heads(nn.Module):
+    """The judge's heads for some attributes only (what a generator was asked for)."""
+
+    def __init__(self, judge: Judge, attributes: list[str]):
+        super().__init__()
+        self.judge, self.attributes = judge, attributes
+
+    def forward(self, images):
+        out = self.judge.predict(images)
+        return {a: out[a] for a in self.attributes}
+
+
+# ---- real data -------------------------------------------------------------------------------
+
+def real_images(config: dict, split: str, num_samples: int, seed: int = 0):
+    """(images (N, 3, H, W) float in [-1, 1], objects: list of attribute dicts) of one-object
+    real scenes drawn with the judge's data options."""
+    ds = ShapesDataset(num_samples, image_size=config["image_size"], split=split, seed=seed,
+                       task="shape", num_objects=1, shapes=config["shapes"],
+                       colours=config["colours"], noise=config["noise"],
+                       clutter=config["clutter"], colour_jitter=config["colour_jitter"],
+                       background=tuple(config["background"]))
+    side = config["image_size"]
+    pixels = np.empty((num_samples, side, side, 3), dtype=np.uint8)
+    objects = []
+    for i in range(num_samples):
+        pixels[i], objs = ds.render_uint8(i)
+        objects.append({"shape": objs[0].shape, "colour": objs[0].colour, "size": objs[0].size})
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().mul_(2 / 255).sub_(1)
+    return images, objects
+
+
+# ---- training and the cache ------------------------------------------------------------------
+
+TRAIN_DEFAULTS = {"train_samples": 8000, "test_samples": 2000, "epochs": 4, "batch_size": 128,
+                  "lr": 3e-3, "width": 32, "seed": 0}
+
+
+def judge_key(config: dict, recipe: dict) -> str:
+    blob = json.dumps({"data": config, "recipe": recipe, "version": VERSION}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def train_judge(config: dict, *, train_samples: int = 8000, test_samples: int = 2000,
+                epochs: int = 4, batch_size: int = 128, lr: float = 3e-3, width: int = 32,
+                seed: int = 0, progress: bool = True) -> Judge:
+    """Train a judge on real images of `config` (judge_data_config); sets `judge.ceiling`, its
+    accuracy per attribute on `test_samples` real test images. Plain loop: AdamW, one-cycle lr,
+    cross-entropy summed over the heads, light pixel noise so slightly noisy samples read as
+    their clean originals."""
+    g = torch.Generator().manual_seed(seed)
+    torch_state = torch.get_rng_state()
+    torch.manual_seed(seed)  # the init; the caller's RNG is restored below
+    try:
+        judge = Judge(config["shapes"], config["colours"], width=width)
+    finally:
+        torch.set_rng_state(torch_state)
+    judge.config = dict(config)
+    images, objects = real_images(config, "train", train_samples, seed=seed)
+    targets = judge.targets(objects)
+    steps = epochs * (train_samples // batch_size)
+    opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                pct_start=0.15)
+    judge.train()
+    bar = tqdm(total=steps, desc="training the shapes judge", disable=not progress, leave=False)
+    # Callers may be inside no_grad or autocast (an engine's evaluation): train in fp32 with grad.
+    with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        for _ in range(epochs):
+            order = torch.randperm(train_samples, generator=g)
+            for k in range(train_samples // batch_size):
+                idx = order[k * batch_size:(k + 1) * batch_size]
+                x = images[idx]
+                noisy = torch.rand(len(idx), 1, 1, 1, generator=g) < 0.5
+                x = x + noisy * 0.08 * torch.randn(x.shape, generator=g)  # (B, 3, H, W)
+                out = judge.predict(x)
+                loss = sum(F.cross_entropy(out[a], targets[a][idx]) for a in out)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    judge.eval()
+    test_images, test_objects = real_images(config, "test", test_samples, seed=seed)
+    acc = judge.accuracy(test_images, judge.targets(test_objects))
+    judge.ceiling = {a: acc[a] for a in ATTRIBUTES}
+    return judge
+
+
+def save_judge(judge: Judge, path: str | Path, recipe: dict | None = None) -> Path:
+    """Weights as safetensors with the configuration, recipe and ceiling as metadata; written
+    to a temporary file in the same folder, then renamed into place (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"config": json.dumps(judge.config), "ceiling": json.dumps(judge.ceiling),
+            "recipe": json.dumps(recipe or {}), "version": str(VERSION)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tensors = {k: v.detach().contiguous().clone() for k, v in judge.state_dict().items()}
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_judge(path: str | Path) -> Judge:
+    """A judge from a file written by `save_judge` (safetensors: nothing is unpickled)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"judge file {str(path)!r} does not exist")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"judge file {str(path)!r} has no judge metadata (config, ceiling)")
+    config, recipe = json.loads(meta["config"]), json.loads(meta.get("recipe", "{}"))
+    judge = Judge(config["shapes"], config["colours"],
+                  width=recipe.get("width", TRAIN_DEFAULTS["width"]))
+    judge.load_state_dict(load_file(str(path)))
+    judge.config, judge.ceiling = config, json.loads(meta["ceiling"])
+    return judge.eval()
+
+
+def load_judge(data=None, *, cache_dir: str | Path | None = None, progress: bool = True,
+               **recipe) -> Judge:
+    """The judge for a shapes data configuration: read from the cache, or trained (seconds to a
+    minute on a CPU) and cached.
+
+    data: a ShapesDataset (or a subset of one), a dict of judge_data_config options, or None
+    (the shapes defaults at 32 px). cache_dir: default $MMTX_CACHE/judges or
+    ~/.cache/mmtx/judges. recipe: train_judge options (train_samples, test_samples, epochs,
+    batch_size, lr, width, seed); each is part of the cache key. `judge.from_cache` tells
+    whether it was read (True) or trained (False).
+    """
+    unknown = sorted(set(recipe) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown judge training option(s) {unknown}; expected some of "
+                         f"{', '.join(TRAIN_DEFAULTS)}")
+    recipe = {**TRAIN_DEFAULTS, **recipe}
+    config = judge_data_config(**data) if isinstance(data, dict) else judge_data_config(data)
+    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = path / f"{judge_key(config, recipe)}.safetensors"
+    if path.is_file():
+        judge = read_judge(path)
+        judge.from_cache = True
+        return judge
+    tic = time.perf_counter()
+    judge = train_judge(config, progress=progress, **recipe)
+    if progress:
+        shown = ", ".join(f"{a} {v:.1%}" for a, v in judge.ceiling.items())
+        tqdm.write(f"shapes judge trained in {time.perf_counter() - tic:.0f} s; accuracy on "
+                   f"real test images: {shown}; cached at {path}")
+    save_judge(judge, path, recipe)
+    return judge
