@@ -91,6 +91,7 @@ class CLIP(nn.Module):
         self.visual_proj = nn.Linear(self.visual.num_features, embed_dim, bias=False)
         self.text_proj = nn.Linear(text_dim, embed_dim, bias=False)
         self.logit_scale = logit_scale_param(init_temperature)
+        self.tokenizer = None  # zero_shot_classifier's default tokenizer
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -136,14 +137,19 @@ class CLIP(nn.Module):
                          hard_negative_mask=hard_negative_mask, **loss_kw)
 
     @torch.no_grad()
-    def zero_shot_classifier(self, class_names: Sequence[str], templates: Sequence[str],
-                             tokenizer) -> torch.Tensor:
+    def zero_shot_classifier(self, class_names: Sequence[str],
+                             templates: Sequence[str] = ("a {}",),
+                             tokenizer=None) -> torch.Tensor:
         """(C, D) unit class embeddings: each class name put in every template ("a {}.",
         `str.format`), encoded, and the templates' embeddings averaged (prompt ensembling).
 
-        `tokenizer`: an mmtx tokenizer (`encode(text) -> ids` with bos/eos). A prompt that
-        encodes to its unknown token, or beyond max_len, is a ValueError naming it.
+        `tokenizer`: an mmtx tokenizer (`encode(text) -> ids` with bos/eos), by default
+        `self.tokenizer`. A prompt with a word outside its vocabulary (its unknown token), or
+        longer than max_len, is a ValueError naming the prompt.
         """
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if tokenizer is None:
+            raise ValueError("tokenizer must be given (or set as model.tokenizer)")
         if not class_names or not templates:
             raise ValueError(f"class_names and templates must be non-empty, got "
                              f"{len(class_names)} class names and {len(templates)} templates")

@@ -241,9 +241,9 @@ class TextDecoder(nn.Module):
         _init_text(self)
         # GPT-2: residual projections scaled by 1/sqrt(number of residual branches) so the
         # residual stream's variance does not grow with depth.
-        blocks = self.blocks.blocks
-        projs = [lin for b in blocks for lin in (b.attn.proj, b.mlp.fc2,
-                                                 b.cross_attn and b.cross_attn.proj) if lin]
+        projs = [b.attn.proj for b in self.blocks.blocks] + \
+            [b.mlp.fc2 for b in self.blocks.blocks] + \
+            [b.cross_attn.proj for b in self.blocks.blocks if b.cross_attn is not None]
         for lin in projs:
             nn.init.normal_(lin.weight, std=0.02 / len(projs) ** 0.5)
 
@@ -280,8 +280,8 @@ class TextDecoder(nn.Module):
     def new_cache(self):
         return self.blocks.new_cache()
 
-    def _next_logits(self, ids, attention_mask, positions, cache, **context):
-        h = self.forward_features(ids, attention_mask, positions, cache, **context)
+    def _next_logits(self, ids, attention_mask, positions, cache, **row_inputs):
+        h = self.forward_features(ids, attention_mask, positions, cache, **row_inputs)
         return self.lm_head(h[:, -1])  # (B, V)
 
     @torch.no_grad()
