@@ -293,8 +293,8 @@ def test_sigkill_of_the_experiment_kills_its_workers(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and len(list((tmp_path / "runs").glob("*/metrics.jsonl"))) < 2:
-            time.sleep(0.5)  # both workers are training
+        while time.time() < deadline and len(list((tmp_path / "runs").glob("*/config.yaml"))) < 2:
+            time.sleep(0.2)  # both workers have started their runs
         kids = _children(proc.pid)
         assert len(kids) >= 2, "the experiment never started two workers"
         proc.send_signal(signal.SIGKILL)
