@@ -88,7 +88,7 @@ class TinyViT(nn.Module):
 
 
 def _register(name, cls):
-    if name not in registry._MODELS:  # idempotent: test modules may be imported twice
+    if name not in registry.list_models(name):  # idempotent: test modules may be imported twice
         def factory(**kw):
             return cls(**kw)
         factory.__name__ = name
