@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 # Models registered by mmtx itself (test files may register stand-ins of their own).
 MODELS = [n for n in list_models() if model_info(n).module.startswith("mmtx.")]
-FAMILIES = {"vit", "cnn", "hybrid", "text", "rnn"}
+FAMILIES = {"vit", "cnn", "hybrid", "text", "rnn", "dit", "unet", "captioner", "clip"}
 
 
 def test_every_family_is_registered_with_a_task():
