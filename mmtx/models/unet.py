@@ -73,7 +73,7 @@ class SpatialBlock(nn.Module):
 
     def forward(self, x, context=None, context_mask=None):
         B, C, H, W = x.shape
-        h = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        h = x.flatten(2).transpose(1, 2).contiguous()  # (B, H*W, C); see DiT.forward_features
         h = self.block(h, context=context, context_mask=context_mask)
         return h.transpose(1, 2).reshape(B, C, H, W)
 
