@@ -328,3 +328,17 @@ def test_vision_language_quick_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr("mmtx.train.train", no_training)
     assert run_experiment(EXPERIMENTS / "vision_language_quick.yaml", tmp_path)["runs"] == \
         res["runs"]
+
+
+def test_a_run_killed_after_its_last_checkpoint_finishes_on_rerun(tmp_path):
+    """Killed between the last checkpoint and result.json: the rerun resumes at the last step,
+    trains nothing more, and still reports the run's throughput (over its steps)."""
+    one = ["grid=[{model: [{name: convnet_small, label: cnn, args: {widths: [8, 16]}}]}]",
+           "jobs=1", "base.train.checkpoint_every=3"]
+    first = run_experiment(QUICK, tmp_path, one)["runs"][0]
+    (tmp_path / "runs" / "cnn-shapes-f1-s0" / "result.json").unlink()  # as if killed there
+    again = run_experiment(QUICK, tmp_path, one)["runs"][0]
+    assert again["steps"] == first["steps"] == 6
+    assert again["train_images_per_s"] == pytest.approx(first["train_images_per_s"])
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert "| cnn | shapes | 100% |" in (tmp_path / "report.md").read_text()
