@@ -158,13 +158,13 @@ class ClipRunner:
                 m.encode_image(self.x) if what == "image" else m.encode_text(self.ids)
 
 
-def bench_clip(args, batch, reps, warmup, device):
+def bench_clip(args, batch, reps, warmup, device, precisions):
     models, agree = build_clips(args)
     runners = {n: ClipRunner(n, m, batch, args, device) for n, m in models.items()}
     rows = []
     for bench, unit in (("train", "images"), ("encode_image", "images"),
                         ("encode_text", "texts")):
-        for prec in ("fp32", "bf16"):
+        for prec in precisions:
             bf16 = prec == "bf16"
             if bench == "train":
                 fns = {n: (lambda r=r, b=bf16: r.train_step(b)) for n, r in runners.items()}
@@ -218,6 +218,7 @@ def main(argv=None) -> dict:
     p.add_argument("--embed", type=int, default=128)
     p.add_argument("--cap-batch", type=int, default=16)
     p.add_argument("--cap-len", type=int, default=32)
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (1 avoids OpenMP spin-wait stalls on a shared machine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -232,7 +233,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.depth, args.text_depth = min(args.depth, 2), min(args.text_depth, 2)
 
-    clip_rows, agree = bench_clip(args, batch, reps, warmup, args.device)
+    clip_rows, agree = bench_clip(args, batch, reps, warmup, args.device, args.precisions)
     decode_rows = bench_decode(args, reps, warmup, args.device)
 
     def per_s(bench, prec, model, key="per_s"):
@@ -243,7 +244,7 @@ def main(argv=None) -> dict:
                    ratio=per_s(b, pr, "mmtx") / per_s(b, pr, peer),
                    cpu_time_ratio=(per_s(b, pr, "mmtx", "per_cpu_s")
                                    / per_s(b, pr, peer, "per_cpu_s")))
-              for b in ("train", "encode_image", "encode_text") for pr in ("fp32", "bf16")
+              for b in ("train", "encode_image", "encode_text") for pr in args.precisions
               for peer in ("open_clip", "hf")]
 
     print(f"device {args.device} ({platform.processor() or platform.machine()}), "
@@ -256,7 +257,7 @@ def main(argv=None) -> dict:
     print(f"\n{'CLIP':<14}{'prec':<6}" + "".join(f"{n + ' /s':>13}" for n in PEERS)
           + f"{'vs open_clip':>14}{'vs HF':>8}{'(cpu-time)':>12}")
     for b in ("train", "encode_image", "encode_text"):
-        for pr in ("fp32", "bf16"):
+        for pr in args.precisions:
             r_oc, r_hf = (next(r for r in ratios if (r["bench"], r["precision"], r["peer"])
                                == (b, pr, peer)) for peer in ("open_clip", "hf"))
             print(f"{b:<14}{pr:<6}" + "".join(f"{per_s(b, pr, n):>13.1f}" for n in PEERS)
