@@ -25,6 +25,16 @@ def _quick_files() -> dict[str, list[Path]]:
     return kinds
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """From here on, any training fails the test: finished runs must be read back."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("mmtx.train.train", fail)
+
+
 def test_every_study_kind_has_a_quick_file():
     assert set(_quick_files()) == set(list_kinds())
 
@@ -88,13 +98,10 @@ def test_summary_means_are_over_seeds(finished):
         assert row["test_accuracy"] == pytest.approx(sum(accs) / len(accs))
 
 
-def test_second_run_does_no_training(finished, monkeypatch):
+def test_second_run_does_no_training(finished, request):
     out, first, _ = finished
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr("mmtx.train.train", no_training)
+    request.getfixturevalue("no_training")
     written = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
     again = run_experiment(QUICK, out_dir=out)
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == written
@@ -102,7 +109,7 @@ def test_second_run_does_no_training(finished, monkeypatch):
         [r["test_accuracy"] for r in first["runs"]]
 
 
-def test_rnn_vs_transformer_quick_end_to_end(tmp_path, monkeypatch):
+def test_rnn_vs_transformer_quick_end_to_end(tmp_path, request):
     """The study at toy scale: every (model, distance) trained once, the timing table, the
     probe per layer, the plots, and a rerun that trains nothing."""
     res = run_experiment(RNN_QUICK, tmp_path)
@@ -120,10 +127,7 @@ def test_rnn_vs_transformer_quick_end_to_end(tmp_path, monkeypatch):
     for name in ("rnn_vs_transformer.png", "apple_probe.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 0
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr("mmtx.train.train", no_training)
+    request.getfixturevalue("no_training")
     again = run_experiment(RNN_QUICK, tmp_path)
     assert again["recall"] == res["recall"] and again["probe"] == res["probe"]
 
@@ -308,7 +312,7 @@ def test_sigkill_of_the_experiment_kills_its_workers(tmp_path):
             proc.kill()
 
 
-def test_vision_language_quick_end_to_end(tmp_path, monkeypatch):
+def test_vision_language_quick_end_to_end(tmp_path, request):
     res = run_experiment(EXPERIMENTS / "vision_language_quick.yaml", tmp_path)
     by = {r["model"]: r for r in res["runs"]}
     assert set(by) == {"captioner", "clip", "negclip"}
@@ -322,10 +326,7 @@ def test_vision_language_quick_end_to_end(tmp_path, monkeypatch):
     for name in ("foils.png", "attention_captioner.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 0
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr("mmtx.train.train", no_training)
+    request.getfixturevalue("no_training")
     assert run_experiment(EXPERIMENTS / "vision_language_quick.yaml", tmp_path)["runs"] == \
         res["runs"]
 

@@ -189,10 +189,7 @@ def _pct(v) -> str:
 
 
 def _foil_plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..viz.plots import plt, save_figure  # plots picks the file-only backend
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / max(1, len(results))
@@ -204,8 +201,7 @@ def _foil_plot(results: list[dict], path: Path) -> None:
            title="binding and order tests (held-out scenes)")
     ax.set_xticklabels([k.replace("_", " ") for k in FOIL_KINDS])
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _targets(spec: VLSpec, results: list[dict]) -> list[str]:

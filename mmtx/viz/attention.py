@@ -13,10 +13,7 @@ def plot_word_attention(images: torch.Tensor, captions: list[str], maps: torch.T
     """One row per image: the image, then one panel per word of its caption with that word's
     attention map (B, T, gh, gw), upsampled to the image, overlaid. images (B, C, H, W) in any
     range (each is min-max scaled for display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import display_image, plt, save_figure  # plots picks the file-only backend
 
     if images.dim() != 4 or maps.dim() != 4 or len(images) != len(maps) != len(captions):
         raise ValueError(f"images (B, C, H, W), maps (B, T, gh, gw) and B captions expected, got "
@@ -28,9 +25,7 @@ def plot_word_attention(images: torch.Tensor, captions: list[str], maps: torch.T
     size = images.shape[-2:]
     up = F.interpolate(maps.float().cpu(), size=size, mode="bilinear", align_corners=False)
     for b, row in enumerate(axes):
-        img = images[b].detach().float().cpu()
-        img = ((img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)).permute(1, 2, 0)
-        img = (img[..., 0] if img.shape[-1] == 1 else img).numpy()
+        img = display_image(images[b])
         for ax in row:
             ax.axis("off")
         row[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
@@ -42,8 +37,4 @@ def plot_word_attention(images: torch.Tensor, captions: list[str], maps: torch.T
             row[t + 1].imshow(up[b, t].numpy(), cmap="jet", alpha=0.5)
             row[t + 1].set_title(word, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

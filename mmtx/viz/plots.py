@@ -11,12 +11,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path, dpi: int = 130) -> Path:
+    """Save a figure as PNG (creating the folder) and close it; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def display_image(image) -> np.ndarray:
+    """(C, H, W) tensor in any range (a normalised input, a sample) -> (H, W, 3) or (H, W) in
+    [0, 1] for imshow, min-max scaled per image."""
+    img = image.detach().float().cpu()
+    img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
+    img = img.permute(1, 2, 0).numpy()  # (H, W, C)
+    return img[..., 0] if img.shape[-1] == 1 else img[..., :3]
 
 
 def plot_learning_curves(curves: dict, path, metric: str = "validation accuracy") -> Path:
@@ -36,7 +46,7 @@ def plot_learning_curves(curves: dict, path, metric: str = "validation accuracy"
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Learning curves: {metric}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_data_efficiency(points: dict, path) -> Path:
@@ -57,7 +67,7 @@ def plot_data_efficiency(points: dict, path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Data efficiency")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrices(matrices: dict, class_names: list[str], path) -> Path:
@@ -79,4 +89,4 @@ def plot_confusion_matrices(matrices: dict, class_names: list[str], path) -> Pat
         ax.set_xlabel("predicted")
         ax.set_title(label, fontsize=9)
     axes[0][0].set_ylabel("true")
-    return _save(fig, path)
+    return save_figure(fig, path)

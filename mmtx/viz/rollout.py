@@ -86,10 +86,7 @@ def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path, titles=None, nc
                  alpha: float = 0.5, cmap: str = "jet") -> Path:
     """Save a PNG grid: each image with its rollout map overlaid. images (B, C, H, W) in any
     range (each is min-max scaled for display), maps (B, H, W). Returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import display_image, plt, save_figure  # plots picks the file-only backend
 
     if images.dim() != 4 or maps.dim() != 3 or images.shape[0] != maps.shape[0]:
         raise ValueError(f"images must be (B, C, H, W) and maps (B, H, W) with the same B, got "
@@ -105,17 +102,10 @@ def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path, titles=None, nc
         ax.axis("off")
         if i >= b:
             continue
-        img = images[i].detach().float().cpu()
-        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
-        img = img.permute(1, 2, 0).numpy()  # (H, W, C) for imshow
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img[..., :3],
-                  cmap="gray" if img.shape[-1] == 1 else None)
+        img = display_image(images[i])
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
         ax.imshow(maps[i].detach().float().cpu().numpy(), cmap=cmap, alpha=alpha)
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -44,6 +44,16 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
     return wrap
 
 
+def image_kwargs(dataset) -> dict:
+    """The model keywords an image dataset fixes: in_chans and img_size (where it has them)."""
+    kwargs = {}
+    for attr, arg in (("in_chans", "in_chans"), ("image_size", "img_size")):
+        value = getattr(dataset, attr, None)
+        if value is not None:
+            kwargs[arg] = value
+    return kwargs
+
+
 def list_tasks() -> list[str]:
     return sorted(_TASKS)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ...data import CaptionCollate, ShapesDataset, WordTokenizer, shapes_vocabulary
 from ...data.render import COLOURS, SHAPES
-from .base import Task, register_task
+from .base import Task, image_kwargs, register_task
 
 # The words whose accuracy says whether the captioner read the scene (not its grammar).
 ATTRIBUTE_WORDS = {"colour": set(COLOURS), "shape": set(SHAPES), "size": {"small", "large"}}
@@ -62,12 +62,8 @@ class CaptioningTask(Task):
 
     def model_kwargs(self, dataset) -> dict:
         self.tokenizer = caption_tokenizer(dataset)
-        kwargs = {"vocab_size": self.tokenizer.vocab_size, "max_len": self.max_len}
-        for attr, arg in (("in_chans", "in_chans"), ("image_size", "img_size")):
-            value = getattr(dataset, attr, None)
-            if value is not None:
-                kwargs[arg] = value
-        return kwargs
+        return {"vocab_size": self.tokenizer.vocab_size, "max_len": self.max_len,
+                **image_kwargs(dataset)}
 
     def collate_fn(self, dataset):
         return CaptionCollate(self.tokenizer, self.max_len)

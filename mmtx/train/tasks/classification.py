@@ -9,7 +9,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .base import Task, register_task
+from .base import Task, image_kwargs, register_task
 
 
 @register_task("classification")
@@ -30,12 +30,9 @@ class ClassificationTask(Task):
         self.class_names: list[str] | None = None
 
     def model_kwargs(self, dataset) -> dict:
-        kwargs = {}
-        for attr, arg in (("num_classes", "num_classes"), ("in_chans", "in_chans"),
-                          ("image_size", "img_size")):
-            value = getattr(dataset, attr, None)
-            if value is not None:
-                kwargs[arg] = value
+        kwargs = image_kwargs(dataset)
+        if getattr(dataset, "num_classes", None) is not None:
+            kwargs["num_classes"] = dataset.num_classes
         names = getattr(dataset, "class_names", None)
         self.class_names = list(names) if names is not None else None
         return kwargs

@@ -21,7 +21,7 @@ from ...data import CaptionCollate, ShapesDataset
 from ...data.render import COLOURS, SHAPES
 from ...eval.retrieval import retrieval_recall, zero_shot_accuracy
 from ...models.contrastive import clip_loss
-from .base import Task, register_task
+from .base import Task, image_kwargs, register_task
 from .captioning import caption_tokenizer, pad_to
 
 SIZES = ("small", "large")
@@ -52,12 +52,8 @@ class ContrastiveTask(Task):
             raise ValueError("task.args.hard_negatives needs foil captions in the data: set "
                              f"data.args.return_foils (e.g. {list(self._kinds())}), got none")
         self.image_size = getattr(dataset, "image_size", None)
-        kwargs = {"vocab_size": self.tokenizer.vocab_size, "max_len": self.max_len}
-        for attr, arg in (("in_chans", "in_chans"), ("image_size", "img_size")):
-            value = getattr(dataset, attr, None)
-            if value is not None:
-                kwargs[arg] = value
-        return kwargs
+        return {"vocab_size": self.tokenizer.vocab_size, "max_len": self.max_len,
+                **image_kwargs(dataset)}
 
     def _kinds(self) -> tuple[str, ...]:
         kinds = self.hard_negatives
