@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from mmtx.data import WordTokenizer, shapes_vocabulary
 from mmtx.eval.retrieval import retrieval_recall
+from mmtx.layers.blocks import QuickGELU
 from mmtx.models import create_model
-from mmtx.models.clip import CLIP, QuickGELU, from_hf_clip, from_open_clip
+from mmtx.models.clip import CLIP, from_hf_clip, from_open_clip
 from mmtx.models.contrastive import clip_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")

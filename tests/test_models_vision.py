@@ -52,7 +52,7 @@ def test_cli_models_lists_vision(capsys):
     assert rows and all(r.split()[1:3] == ["hybrid", "classification"] for r in rows)
     with pytest.raises(SystemExit) as e:
         cli_main(["models", "--family", "vti"])
-    assert e.value.code == 2 and "known families: cnn" in capsys.readouterr().err
+    assert e.value.code == 2 and "known families: captioner, clip, cnn" in capsys.readouterr().err
 
 
 # --- parameter counts against the references -------------------------------------------------

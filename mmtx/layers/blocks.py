@@ -11,10 +11,19 @@ import torch.nn.functional as F
 from .attention import Attention, KVCache
 from .conditioning import modulate
 
+
 # Activation names every model's `act=` option takes, each a constructor of a fresh module.
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
 ACTIVATIONS = {
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
+    "quick_gelu": QuickGELU,  # OpenAI CLIP
     "relu": nn.ReLU,
     "silu": nn.SiLU,
 }
@@ -27,8 +36,8 @@ def _choice(name: str, value: str, options) -> None:
 
 
 def make_act(name: str) -> nn.Module:
-    """A new activation module by name: one of `ACTIVATIONS` ("gelu", "gelu_tanh", "relu",
-    "silu"); ValueError naming the choices otherwise."""
+    """A new activation module by name: one of `ACTIVATIONS` ("gelu", "gelu_tanh",
+    "quick_gelu", "relu", "silu"); ValueError naming the choices otherwise."""
     _choice("act", name, ACTIVATIONS)
     return ACTIVATIONS[name]()
 

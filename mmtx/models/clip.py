@@ -20,7 +20,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..eval.retrieval import class_embeddings, retrieval_recall
-from ..layers import Mlp
 from .clip_convert import (
     hf_clip_kwargs,
     load_hf_clip_weights,
@@ -37,13 +36,6 @@ from .contrastive import (
 from .registry import register_model
 from .text import TextEncoder
 from .vit import ViT
-
-
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
-
-    def forward(self, x):
-        return x * torch.sigmoid(1.702 * x)
 
 
 class CLIP(nn.Module):
@@ -71,23 +63,18 @@ class CLIP(nn.Module):
         super().__init__()
         self.act, self.init_temperature = act, init_temperature
         self.max_logit_scale = max_logit_scale
-        base_act = "gelu" if act == "quick_gelu" else act  # swapped below
         self.visual = ViT(**{**dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0,
             dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, pool="token",
-            pre_norm=True, norm_eps=norm_eps, act=base_act, pos_drop_rate=drop_rate,
+            pre_norm=True, norm_eps=norm_eps, act=act, pos_drop_rate=drop_rate,
             proj_drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate), **(vision_kwargs or {})})
         self.text = TextEncoder(**{**dict(
             vocab_size=vocab_size, max_len=max_len, dim=text_dim, depth=text_depth,
             num_heads=text_heads, mlp_ratio=text_mlp_ratio or mlp_ratio, causal=causal_text,
-            pool=text_pool, eos_id=eos_id, norm_eps=norm_eps, act=base_act,
+            pool=text_pool, eos_id=eos_id, norm_eps=norm_eps, act=act,
             drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
             mlm_head=False, pooler=False), **(text_kwargs or {})})
-        if act == "quick_gelu":  # not one of mmtx.layers' activations: set in every MLP
-            for m in self.modules():
-                if isinstance(m, Mlp):
-                    m.act = QuickGELU()
         self.visual_proj = nn.Linear(self.visual.num_features, embed_dim, bias=False)
         self.text_proj = nn.Linear(text_dim, embed_dim, bias=False)
         self.logit_scale = logit_scale_param(init_temperature)
@@ -231,4 +218,4 @@ def from_open_clip(oc_model) -> CLIP:
     return model.to(oc_model.logit_scale.device).train(oc_model.training)
 
 
-__all__ = ["CLIP", "QuickGELU", "from_hf_clip", "from_open_clip"]
+__all__ = ["CLIP", "from_hf_clip", "from_open_clip"]

@@ -294,7 +294,7 @@ class DiT(nn.Module):
         # PatchEmbed returns a transposed view; elementwise ops keep their first input's
         # layout, so without the copy the whole residual stream would stay strided and every
         # norm copy it again (about 5% of a step).
-        tokens = self.patch_embed(x).contiguous()  # (B, N, dim); checks channels, divisibility
+        tokens = self.patch_embed(x)  # (B, N, dim); checks channels, divisibility
         grid = self.patch_embed.grid_for(*x.shape[-2:])
         pos = self.pos_table if tuple(grid) == tuple(self.patch_embed.grid_size) \
             else self._sincos_table(*grid).to(self.pos_table)
