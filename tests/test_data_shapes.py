@@ -169,3 +169,25 @@ def test_build_dataset_shapes_options():
     assert ds.seed == 3 and ds.task == "count" and len(ds) == 30
     with pytest.raises(ValueError, match="num_sample"):
         build_dataset("shapes", num_sample=10)
+
+
+def test_a_cache_directory_is_shared_and_written_atomically(tmp_path):
+    """Runs of an experiment share one rendered copy per split; no temporary file is left and
+    a second dataset reads the files instead of drawing again."""
+    first = ShapesDataset(split="val", num_samples=30, image_size=16, cache=tmp_path / "c")
+    files = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert len(files) == 2 and not any(".tmp" in f for f in files)
+    again = ShapesDataset(split="val", num_samples=30, image_size=16, cache=tmp_path / "c")
+    assert isinstance(again._images, np.memmap)  # loaded, not drawn
+    assert torch.equal(first[7]["image"], again[7]["image"])
+    assert first[7]["label"] == again[7]["label"]
+
+
+def test_collate_can_keep_only_the_keys_a_task_reads():
+    from mmtx.data import collate
+
+    ds = ShapesDataset(split="val", num_samples=4, image_size=16)
+    batch = collate([ds[i] for i in range(4)], keys=("image", "label"))
+    assert set(batch) == {"image", "label"} and batch["image"].shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match="item 0 has no \\['mask'\\]"):
+        collate([ds[0]], keys=("image", "mask"))

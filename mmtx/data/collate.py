@@ -9,8 +9,9 @@ import torch
 from .scene_text import check_foil_kinds
 
 
-def collate(items: list[dict]) -> dict:
-    """Stack a list of item dicts into a batch dict.
+def collate(items: list[dict], keys=None) -> dict:
+    """Stack a list of item dicts into a batch dict (only `keys`, when given: a task that reads
+    two keys need not batch, and move to the device, every caption and attribute dict).
 
     Tensors are stacked (same shape required), ints become a long tensor, floats a float
     tensor, bools a bool tensor; strings, None, dicts and anything else become lists.
@@ -22,11 +23,19 @@ def collate(items: list[dict]) -> dict:
     """
     if not items:
         raise ValueError("collate: expected a non-empty list of items, got an empty list")
-    keys = list(items[0])
-    for i, item in enumerate(items):
-        if set(item) != set(keys):
-            raise ValueError(f"collate: item {i} has keys {sorted(item)}, item 0 has "
-                             f"{sorted(keys)}")
+    if keys is None:
+        keys = list(items[0])
+        for i, item in enumerate(items):
+            if set(item) != set(keys):
+                raise ValueError(f"collate: item {i} has keys {sorted(item)}, item 0 has "
+                                 f"{sorted(keys)}")
+    else:
+        keys = list(keys)
+        for i, item in enumerate(items):
+            missing = [k for k in keys if k not in item]
+            if missing:
+                raise ValueError(f"collate: item {i} has no {missing}; its keys are "
+                                 f"{sorted(item)}")
     batch = {}
     per_object = [k for k in keys if k.startswith("object_")]
     if per_object:

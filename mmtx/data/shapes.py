@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,7 @@ class ShapesDataset(Dataset):
         self._images: np.ndarray | None = None  # (N, H, W, 3) uint8 when cached
         self._meta: list[dict] | None = None
         if cache:
-            self._build_cache(None if cache is True else Path(cache))
+            self._build_cache(None if cache is True else Path(cache).expanduser())
 
     # --- scenes -------------------------------------------------------------------------------
     def _rng(self, index: int) -> np.random.Generator:
@@ -306,9 +307,15 @@ class ShapesDataset(Dataset):
                           "attributes": self._attributes(objects)})
         self._images, self._meta = images, metas
         if directory is not None:
+            # Written under temporary names, then renamed (metadata last, as the loader checks
+            # both): runs sharing the directory never read half a file.
             directory.mkdir(parents=True, exist_ok=True)
-            np.save(npy, images, allow_pickle=False)
-            meta.write_text(json.dumps(metas))
+            tmp = f".{os.getpid()}.tmp"
+            with open(npy.with_name(npy.name + tmp), "wb") as f:
+                np.save(f, images, allow_pickle=False)
+            npy.with_name(npy.name + tmp).replace(npy)
+            meta.with_name(meta.name + tmp).write_text(json.dumps(metas))
+            meta.with_name(meta.name + tmp).replace(meta)
             log.info("shapes: cached %s split at %s", self.split, npy)
 
     # --- Dataset ------------------------------------------------------------------------------
