@@ -112,3 +112,23 @@ def test_compile_gives_the_same_losses_as_eager(tmp_path):
     compiled = train(cfg, run_dir=tmp_path / "compiled", data=splits())
     assert compiled["test/loss"] == pytest.approx(eager["test/loss"], abs=1e-4)
     assert (list_checkpoints(tmp_path / "compiled")[-1][1] / "model.safetensors").is_file()
+
+
+def test_channels_last_trains_the_same_model_in_nhwc(tmp_path):
+    """train.channels_last: the model and its image batches in NHWC order; the numbers match
+    the default layout's (the same maths, another memory order)."""
+    from mmtx import create_model
+
+    def run(flag):
+        cfg = tiny_config(max_steps=6, eval_every=0, checkpoint_every=0)
+        cfg["train"]["channels_last"] = flag
+        torch.manual_seed(0)
+        model = create_model("convnet_small", widths=[4, 8], num_classes=4, in_chans=1,
+                             img_size=8)
+        return train(cfg, run_dir=tmp_path / str(flag), data=splits(), model=model)
+
+    nhwc, nchw = run(True), run(False)
+    conv = next(m for m in nhwc["model_module"].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc["test/loss"] == pytest.approx(nchw["test/loss"], rel=1e-4)
+    assert nhwc["test/acc"] == nchw["test/acc"]

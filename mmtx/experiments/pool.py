@@ -29,7 +29,7 @@ class Job:
     key: str  # the run's name in progress lines
     fn: Callable[..., dict]
     args: tuple = ()
-    log: Path | None = None  # where a worker's console output goes
+    log: Path | None = None  # where a worker's console output goes (None: the console)
     done: bool = False  # already finished (cached): counted, not trained
     kwargs: dict = field(default_factory=dict)
 
@@ -50,7 +50,7 @@ class Progress:
     def __init__(self, total: int, todo: int, workers: int):
         self.total, self.todo, self.workers = total, todo, workers
         self.done_before = total - todo
-        self.trained, self.t0 = 0, time.perf_counter()
+        self.trained, self.t0, self.run_times = 0, time.perf_counter(), []
         self.show = is_main_process()
 
     def start(self) -> None:
@@ -58,28 +58,31 @@ class Progress:
             print(f"{self.todo} of {self.total} runs to train, {self.workers} at a time",
                   flush=True)
 
-    def finished(self, key: str, what: str, run_s: float | None) -> None:
+    def finished(self, key: str, what: str, run_s: float) -> None:
         self.trained += 1
+        self.run_times.append(run_s)
         if not self.show:
             return
         elapsed = time.perf_counter() - self.t0
         left = self.todo - self.trained
-        # Runs finish at a steady rate per worker, so the mean time per run so far, spread
-        # over the workers still needed, predicts the rest.
-        eta = elapsed / self.trained * left
-        took = f" ({_fmt(run_s)})" if run_s is not None else ""
-        print(f"[{self.done_before + self.trained}/{self.total}] {key}: {what}{took} | "
+        # The runs left take about the mean run time so far each, `workers` of them at once.
+        # (Runs finished per elapsed second would overstate it: the first workers finish
+        # together, after the start-up.)
+        eta = sum(self.run_times) / len(self.run_times) * left / self.workers
+        print(f"[{self.done_before + self.trained}/{self.total}] {key}: {what} ({_fmt(run_s)}) | "
               f"elapsed {_fmt(elapsed)}, ETA {_fmt(eta) if left else 'done'}", flush=True)
 
 
-def _in_worker(fn, args, kwargs, log):
-    """Runs in a worker: its output goes to the run's log file, not the shared console."""
+def _in_worker(fn, args, kwargs, log) -> tuple[dict, float]:
+    """Runs in a worker: (result, seconds it took). Its output goes to the run's log file, not
+    the shared console."""
+    t = time.perf_counter()
     if log is None:
-        return fn(*args, **kwargs)
+        return fn(*args, **kwargs), time.perf_counter() - t
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), \
             contextlib.redirect_stderr(f):
-        return fn(*args, **kwargs)
+        return fn(*args, **kwargs), time.perf_counter() - t
 
 
 def _init_worker() -> None:
@@ -118,15 +121,10 @@ def run_jobs(jobs: list[Job], workers: int = 1,
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
         futures = {pool.submit(_in_worker, j.fn, j.args, j.kwargs, j.log): i
                    for i, j in enumerate(jobs) if not j.done}
-        started = {i: time.perf_counter() for i in futures.values()}
         for fut in as_completed(futures):
             i = futures[fut]
-            results[i] = fut.result()
-            # Runs start when a worker frees up; the time since submission overstates the
-            # later ones, so the run reports its own training time when it has one.
-            own = results[i].get("wall_s")
-            progress.finished(jobs[i].key, describe(results[i]),
-                              own if own is not None else time.perf_counter() - started[i])
+            results[i], seconds = fut.result()
+            progress.finished(jobs[i].key, describe(results[i]), seconds)
     for i, job in enumerate(jobs):
         if job.done:
             results[i] = job.fn(*job.args, **job.kwargs)

@@ -80,6 +80,8 @@ class TrainConfig:
     cpu: bool = False  # force CPU even when a GPU is present
     threads: int | None = None  # torch CPU threads; None: torch's default (1 helps tiny models
     #                             on a busy shared machine, where thread sync dominates)
+    channels_last: bool = False  # NHWC model and 4-D batch tensors: convolutions run ~2x
+    #                              faster on CPU (oneDNN) and on GPU tensor cores
 
 
 @dataclass

@@ -91,6 +91,8 @@ class Trainer:
             self.task.model_kwargs(self.datasets["train"])  # lets the task read class names
             self.model_spec = None  # a model object: not rebuildable by name
         self.params = sum(p.numel() for p in model.parameters())
+        if t.channels_last:
+            model = model.to(memory_format=torch.channels_last)
 
         d = cfg.data
         eval_bs = d.eval_batch_size or 2 * d.batch_size
@@ -182,6 +184,15 @@ class Trainer:
                 yield epoch, pos, batch
             epoch, pos = epoch + 1, 0
 
+    def _format(self, batch: dict) -> dict:
+        """With train.channels_last, every 4-D float tensor (images, whatever the task calls
+        them) in NHWC memory order, as the model's convolutions then expect."""
+        if not self.cfg.train.channels_last:
+            return batch
+        return {k: v.contiguous(memory_format=torch.channels_last)
+                if torch.is_tensor(v) and v.dim() == 4 and v.is_floating_point() else v
+                for k, v in batch.items()}
+
     # ---------------------------------------------------------------- evaluation
     def eval_model(self):
         return self.ema.module if self.ema is not None else self.model
@@ -196,7 +207,7 @@ class Trainer:
                    disable=not (self.main and self.cfg.logging.progress))
         for batch in bar:
             with self.accelerator.autocast():
-                out = self.task.eval_step(model, batch)
+                out = self.task.eval_step(model, self._format(batch))
             if first is None:
                 first = (batch, out)
             out = self.accelerator.gather_for_metrics(out)  # drops the padding of the last batch
@@ -266,7 +277,7 @@ class Trainer:
                 epoch, pos, batch = next(batches)
                 sync = accel.no_sync(self.model) if k < accum - 1 else nullcontext()
                 with sync:
-                    loss, metrics = self.task.step(self.model, batch)
+                    loss, metrics = self.task.step(self.model, self._format(batch))
                     accel.backward(loss / accum)
                 loss_sum += loss.detach().float()
                 for name, v in metrics.items():
