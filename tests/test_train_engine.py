@@ -132,3 +132,15 @@ def test_channels_last_trains_the_same_model_in_nhwc(tmp_path):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert nhwc["test/loss"] == pytest.approx(nchw["test/loss"], rel=1e-4)
     assert nhwc["test/acc"] == nchw["test/acc"]
+
+
+def test_items_are_seeded_only_when_they_draw_from_the_global_rngs():
+    from mmtx.data import build_dataset
+    from mmtx.train.data import SeededItems
+
+    plain = build_dataset("shapes", "train", num_samples=8, image_size=16, fraction=0.5)
+    augmented = build_dataset("shapes", "train", num_samples=8, image_size=16, augment="light")
+    assert not SeededItems(plain, 0).random  # a fraction passes its base's answer through
+    wrapped = SeededItems(augmented, 0)
+    assert wrapped.random
+    assert torch.equal(wrapped[(3, 5)]["image"], wrapped[(3, 5)]["image"])  # same seed, same crop

@@ -318,6 +318,12 @@ class ShapesDataset(Dataset):
             meta.with_name(meta.name + tmp).replace(meta)
             log.info("shapes: cached %s split at %s", self.split, npy)
 
+    @property
+    def uses_global_rng(self) -> bool:
+        """Whether items draw from the global RNGs: scenes come from their own seeded generator,
+        so only a transform (an augmentation) can."""
+        return self.transform is not None
+
     # --- Dataset ------------------------------------------------------------------------------
     def __len__(self) -> int:
         return self.num_samples
