@@ -153,17 +153,24 @@ class Judge(nn.Module):
     def accuracy(self, images: torch.Tensor, targets: dict[str, torch.Tensor],
                  batch_size: int = 256) -> dict[str, float]:
         """{attribute: fraction read as `targets`} (plus "all" with several attributes), in
-        fp32 whatever autocast is on outside."""
-        with torch.autocast(images.device.type, enabled=False):
-            acc = conditional_accuracy(_Heads(self, list(targets)), images, targets,
-                                       batch_size=batch_size)
-        return acc
+        eval mode and fp32 whatever autocast is on outside."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.autocast(images.device.type, enabled=False):
+                return conditional_accuracy(_Heads(self, list(targets)), images, targets,
+                                            batch_size=batch_size)
+        finally:
+            self.train(was_training)
 
 
 class _Features(nn.Module):
+    """judge.features as a module. The judge is held outside the module tree, so the eval/train
+    switching of a caller (frechet_report) never reaches it: it stays in eval mode."""
+
     def __init__(self, judge: Judge):
         super().__init__()
-        self.judge = judge
+        object.__setattr__(self, "judge", judge)  # not a submodule, on purpose
 
     def forward(self, images):
         with torch.autocast(images.device.type, enabled=False):
@@ -171,11 +178,13 @@ class _Features(nn.Module):
 
 
 class _Heads(nn.Module):
-    """The judge's heads for some attributes only (what a generator was asked for)."""
+    """The judge's heads for some attributes only (what a generator was asked for); the judge is
+    held outside the module tree, as in _Features."""
 
     def __init__(self, judge: Judge, attributes: list[str]):
         super().__init__()
-        self.judge, self.attributes = judge, attributes
+        object.__setattr__(self, "judge", judge)
+        self.attributes = attributes
 
     def forward(self, images):
         out = self.judge.predict(images)
@@ -204,7 +213,7 @@ def real_images(config: dict, split: str, num_samples: int, seed: int = 0):
 
 # ---- training and the cache ------------------------------------------------------------------
 
-TRAIN_DEFAULTS = {"train_samples": 8000, "test_samples": 2000, "epochs": 4, "batch_size": 128,
+TRAIN_DEFAULTS = {"train_samples": 4000, "test_samples": 2000, "epochs": 3, "batch_size": 64,
                   "lr": 3e-3, "width": 32, "seed": 0}
 
 
@@ -213,8 +222,8 @@ def judge_key(config: dict, recipe: dict) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def train_judge(config: dict, *, train_samples: int = 8000, test_samples: int = 2000,
-                epochs: int = 4, batch_size: int = 128, lr: float = 3e-3, width: int = 32,
+def train_judge(config: dict, *, train_samples: int = 4000, test_samples: int = 2000,
+                epochs: int = 3, batch_size: int = 64, lr: float = 3e-3, width: int = 32,
                 seed: int = 0, progress: bool = True) -> Judge:
     """Train a judge on real images of `config` (judge_data_config); sets `judge.ceiling`, its
     accuracy per attribute on `test_samples` real test images. Plain loop: AdamW, one-cycle lr,

@@ -81,8 +81,10 @@ def _rows(cond, start: int, stop: int):
 def generate(model: nn.Module, cond: dict | None, num: int, image_shape, *, objective,
              sampler: str = "euler", steps: int = 20, cfg_scale: float = 1.0, null_cond=None,
              seed: int = 0, batch_size: int = 256, progress: bool = False,
-             autocast: bool = False) -> torch.Tensor:
-    """`num` samples (num, *image_shape) float32 from `model`, called as model(x, t, **cond).
+             autocast: bool = False, model_fn=None) -> torch.Tensor:
+    """`num` samples (num, *image_shape) float32 from `model`, called as model(x, t, **cond)
+    (or through `model_fn(x, t, cond)` when given, e.g. to turn an x0 prediction into a
+    velocity).
 
     cond: None or a dict of (num, ...) tensors (y, or caption_ids and caption_mask). All the
     starting noise is drawn first from a generator seeded with `seed` (which also drives the
@@ -93,8 +95,9 @@ def generate(model: nn.Module, cond: dict | None, num: int, image_shape, *, obje
     gen = torch.Generator(device).manual_seed(seed)
     noise = torch.randn((num, *image_shape), generator=gen, device=device)
 
-    def model_fn(x, t, c):
-        return model(x, t, **(c or {}))
+    if model_fn is None:
+        def model_fn(x, t, c):
+            return model(x, t, **(c or {}))
 
     if cond is not None:
         cond = {k: v.to(device) for k, v in cond.items()}
@@ -140,6 +143,10 @@ class GenerationTask(Task):
         vocab: caption tokenizer: "shapes" (the fixed shapes vocabulary) or a tokenizer JSON.
         max_caption_len: tokens per caption, bos and eos included (default 24).
         sample_batch_size: samples per sampler call (default 256).
+        prediction: what the network outputs with the flow objective: "velocity" (default) or
+            "x0", the clean image, turned into the velocity (x_t - x0) / t (JiT, Li & He 2025:
+            pixel-space patch transformers learn clean images more easily than noise or
+            velocity); the loss stays the velocity MSE. x0_t_min: t is clamped there (0.05).
     """
 
     unit = "images"
@@ -152,7 +159,17 @@ class GenerationTask(Task):
                  cfg_scale: float = 3.0, grid: int = 16, grid_cols: int | None = None,
                  eval_samples: int = 256, seed: int = 0, judge=True, vocab: str = "shapes",
                  max_caption_len: int = 24, sample_batch_size: int = 256,
+                 prediction: str = "velocity", x0_t_min: float = 0.05,
                  image_key: str = "image"):
+        if prediction not in ("velocity", "x0"):
+            raise ValueError(f"task.args.prediction: expected 'velocity' or 'x0', "
+                             f"got {prediction!r}")
+        if prediction == "x0" and objective != "flow":
+            raise ValueError("task.args.prediction 'x0' applies to objective 'flow' (DDPM's "
+                             "model predicts the noise)")
+        if not 0.0 < x0_t_min < 1.0:
+            raise ValueError(f"task.args.x0_t_min: expected in (0, 1), got {x0_t_min}")
+        self.prediction, self.x0_t_min = prediction, float(x0_t_min)
         if cond not in CONDS:
             raise ValueError(f"task.args.cond: expected one of {', '.join(CONDS)}, got {cond!r}")
         if not 0.0 <= cond_drop < 1.0:
@@ -252,8 +269,19 @@ class GenerationTask(Task):
             return {"caption_ids": ids, "caption_mask": mask}
         return None
 
-    def _model_fn(self, model):
-        return lambda x, t, c: model(x, t, **(c or {}))
+    def model_fn(self, model):
+        """model(x, t, **cond) as the objective's model_fn(x, t, cond). With prediction "x0"
+        the network's output is read as the clean image and turned into the velocity the flow
+        objective and samplers use: v = (x_t - x0) / t, t clamped at x0_t_min."""
+        if self.prediction == "velocity":
+            return lambda x, t, c: model(x, t, **(c or {}))
+
+        def velocity(x, t, c):
+            x0 = model(x, t, **(c or {})).float()
+            t = t.float().clamp(min=self.x0_t_min).reshape(-1, *([1] * (x.dim() - 1)))
+            return (x.float() - x0) / t  # (B, C, H, W)
+
+        return velocity
 
     # ---------------------------------------------------------------- train and per-batch eval
     def step(self, model, batch):
@@ -261,7 +289,7 @@ class GenerationTask(Task):
         drop = None
         if self.cond != "none" and self.cond_drop > 0:
             drop = torch.rand(x0.shape[0], device=x0.device) < self.cond_drop  # (B,)
-        loss, _ = self.objective.loss(self._model_fn(model), x0, self.batch_cond(batch, drop))
+        loss, _ = self.objective.loss(self.model_fn(model), x0, self.batch_cond(batch, drop))
         return loss, {"loss": loss.detach()}
 
     def eval_step(self, model, batch):
@@ -269,7 +297,7 @@ class GenerationTask(Task):
         x0 = batch[self.image_key]
         gen = torch.Generator(x0.device).manual_seed(self.seed * 7919 + self._eval_batches)
         self._eval_batches += 1
-        _, per_sample = self.objective.loss(self._model_fn(model), x0, self.batch_cond(batch),
+        _, per_sample = self.objective.loss(self.model_fn(model), x0, self.batch_cond(batch),
                                             generator=gen)
         return {"loss": per_sample}
 
@@ -402,7 +430,7 @@ class GenerationTask(Task):
                         sampler=sampler or self.sampler, steps=steps or self.sample_steps,
                         cfg_scale=cfg, null_cond=self.null_cond, seed=seed,
                         batch_size=self.sample_batch_size, progress=progress,
-                        autocast=autocast)
+                        autocast=autocast, model_fn=self.model_fn(model))
 
     @torch.no_grad()
     def eval_generated(self, model, split, step, run_dir, log):
