@@ -71,6 +71,38 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+def plot_cond_acc(metrics_path, out, title: str | None = None) -> Path | None:
+    """cond_acc per attribute (and its chance level) against training seconds, from a run's
+    metrics.jsonl, as a PNG; None when the run logged no cond_acc."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
+    split = "val" if any("val/cond_acc_colour" in r for r in rows) else "test"
+    rows = [r for r in rows if f"{split}/cond_acc_colour" in r or f"{split}/cond_acc_shape" in r]
+    if not rows:
+        return None
+    from ...viz.plots import plt, save_figure  # plots picks the file-only backend
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    minutes = [r.get("time/train_s", float("nan")) / 60 for r in rows]
+    for attr, colour in (("shape", "#1f77b4"), ("colour", "#d62728"), ("size", "#2ca02c")):
+        key = f"{split}/cond_acc_{attr}"
+        if any(key in r for r in rows):
+            ax.plot(minutes, [r.get(key, float("nan")) for r in rows], "o-", color=colour,
+                    label=attr)
+    for chance, attr, va in ((1 / 6, "shape", "bottom"), (1 / 8, "colour", "top")):
+        ax.axhline(chance, color="#999999", lw=0.8, ls=":")  # the default 6 shapes, 8 colours
+        ax.text(0.99, chance, f"chance, {attr}", fontsize=7, color="#777777", ha="right",
+                va=va, transform=ax.get_yaxis_transform())
+    ax.set_xlabel("training time (minutes, evaluation excluded)")
+    ax.set_ylabel("cond_acc (judge reads what was asked)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
 def _rows(cond, start: int, stop: int):
     if cond is None:
         return None
@@ -516,7 +548,15 @@ class GenerationTask(Task):
 
     def artefacts(self, model, datasets, results, run_dir, log, step) -> dict:
         """generation.json (class names, image shape, the scenes' options) and the caption
-        tokenizer, so `mmtx sample` needs nothing but the run directory."""
+        tokenizer, so `mmtx sample` needs nothing but the run directory; cond_acc.png, the
+        judged accuracy against training time."""
+        metrics = Path(run_dir) / "metrics.jsonl"
+        if metrics.is_file():
+            try:
+                plot_cond_acc(metrics, Path(run_dir) / "cond_acc.png")
+            except Exception as e:  # a picture is never worth a failed run
+                import warnings
+                warnings.warn(f"cond_acc plot failed: {e}", stacklevel=2)
         if self.image_shape is not None:
             (Path(run_dir) / "generation.json").write_text(json.dumps(self.spec(), indent=1))
         if self.tokenizer is not None:
