@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .flow import _bcast, per_sample_mse
+from .flow import _bcast, draw_t_noise, per_sample_mse
 
 SCHEDULES = ("linear", "cosine")
 
@@ -89,13 +89,7 @@ class DDPM:
              generator: torch.Generator | None = None, t: torch.Tensor | None = None,
              noise: torch.Tensor | None = None):
         """Returns (mean MSE, per-sample MSE (B,)) of the predicted noise (Ho's L_simple)."""
-        if t is None:
-            t = self.sample_t(x0.shape[0], x0.device, generator)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if t.shape != (x0.shape[0],) or noise.shape != x0.shape:
-            raise ValueError(f"t must be ({x0.shape[0]},) and noise {tuple(x0.shape)}, got "
-                             f"t {tuple(t.shape)}, noise {tuple(noise.shape)}")
+        t, noise = draw_t_noise(self.sample_t, x0, generator, t, noise)
         pred = model_fn(self.q_sample(x0, t, noise), t, cond)
         per_sample = per_sample_mse(pred, noise)  # (B,)
         return per_sample.mean(), per_sample

@@ -20,6 +20,19 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
+def draw_t_noise(sample_t: Callable, x0: torch.Tensor, generator=None, t=None, noise=None):
+    """The training times (B,) and noise (like x0) of a loss: drawn with `generator` unless
+    given, and checked when given."""
+    if t is None:
+        t = sample_t(x0.shape[0], x0.device, generator)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if t.shape != (x0.shape[0],) or noise.shape != x0.shape:
+        raise ValueError(f"t must be ({x0.shape[0]},) and noise {tuple(x0.shape)}, got "
+                         f"t {tuple(t.shape)}, noise {tuple(noise.shape)}")
+    return t, noise
+
+
 def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, ..., 1) to scale a (B, ...) tensor per sample."""
     return t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
@@ -71,13 +84,7 @@ class FlowMatching:
         t and noise are drawn (with `generator`) unless given; pass t to bin the per-sample
         loss by time.
         """
-        if t is None:
-            t = self.sample_t(x0.shape[0], x0.device, generator)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if t.shape != (x0.shape[0],) or noise.shape != x0.shape:
-            raise ValueError(f"t must be ({x0.shape[0]},) and noise {tuple(x0.shape)}, got "
-                             f"t {tuple(t.shape)}, noise {tuple(noise.shape)}")
+        t, noise = draw_t_noise(self.sample_t, x0, generator, t, noise)
         pred = model_fn(self.interpolate(x0, noise, t), t, cond)
         per_sample = per_sample_mse(pred, self.target(x0, noise))  # (B,)
         return per_sample.mean(), per_sample
