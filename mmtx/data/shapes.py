@@ -11,7 +11,9 @@ train / val / test streams never share a scene. Tasks label the same kind of sce
 - "count": 1-3 objects (by default); the label is how many (class 0 = "one").
 - "relation": two objects at least 0.45 of the image side apart; the label says whether they are
   the same shape. Deciding needs both far-apart objects at once, which is what attention is credited
-  with and what a stack of small convolutions only reaches deep in the network.
+  with and what a stack of small convolutions only reaches deep in the network. `distance=(lo, hi)`
+  sets the range of their centre-to-centre distance instead (fractions of the side), and
+  `distractors=n` (or a (min, max) range) adds small grey objects that are not part of the pair.
 - "caption" (or "captions"): two objects for captioning and contrastive training; the caption has
   no prefix, object 1 lies clearly to one side of object 0 (the larger offset at least twice the
   smaller one), and the label is that relation ("left", "right", "above", "below").
@@ -68,6 +70,43 @@ STD = (0.5, 0.5, 0.5)
 _CLEAR = 2.0
 
 
+DISTRACTOR_COLOUR = "grey"
+_GREY = (0.5, 0.5, 0.5)
+
+
+def _check_distance(distance, task: str):
+    """None or a (lo, hi) float pair with 0 < lo <= hi <= 1, for the relation task."""
+    if distance is None:
+        return None
+    if task != "relation":
+        raise ValueError(f"distance: only the relation task places a pair at a set distance, "
+                         f"got task={task!r}")
+    try:
+        lo, hi = (float(v) for v in distance)
+    except (TypeError, ValueError):
+        raise ValueError(f"distance: expected a (lo, hi) pair of fractions of the image side, "
+                         f"got {distance!r}") from None
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"distance: expected 0 < lo <= hi <= 1 (fractions of the image side), "
+                         f"got {distance!r}")
+    return (lo, hi)
+
+
+def _check_distractors(distractors, task: str) -> tuple[int, int]:
+    """An int or a (min, max) range within 0..6, for the relation task."""
+    if isinstance(distractors, bool) or not isinstance(distractors, (int, list, tuple)):
+        raise ValueError(f"distractors: expected an int or a (min, max) range, got "
+                         f"{distractors!r}")
+    lo, hi = (distractors, distractors) if isinstance(distractors, int) else tuple(distractors)
+    if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi <= 6):
+        raise ValueError(f"distractors: expected an int or a (min, max) range within 0..6, "
+                         f"got {distractors!r}")
+    if hi and task != "relation":
+        raise ValueError(f"distractors: only the relation task has distractor objects, "
+                         f"got task={task!r}")
+    return (lo, hi)
+
+
 def shapes_vocabulary() -> list[str]:
     """Every word and mark a shapes caption can use, so a WordTokenizer built from it never
     meets <unk> on any split: WordTokenizer(shapes_vocabulary())."""
@@ -102,13 +141,20 @@ class ShapesDataset(Dataset):
         return_foils: True or a list of foil kinds ("swap_attributes", "swap_objects",
             "reverse_relation"): add `foil_<kind>`, the foil caption or None where impossible
             (see make_foils).
+        distance: relation task only: (lo, hi), the range of the distance between the centres of
+            the pair (objects 0 and 1) as fractions of the image side, 0 < lo <= hi <= 1
+            (default None: at least 0.45 apart). Objects too large for a short distance are
+            shrunk until they fit. Items then carry attributes["distance"] (the measured one).
+        distractors: relation task only: an int or a (min, max) range of extra small grey
+            objects (colour "grey", after the pair in attributes["objects"]); default 0.
     """
 
     def __init__(self, num_samples: int | None = None, image_size: int = 32, split: str = "train",
                  seed: int = 0, task: str = "shape", *, num_objects=None, shapes=None,
                  colours=None, noise: float = 0.0, clutter: int = 0, colour_jitter: float = 0.05,
                  background=(0.0, 0.0, 0.0), cache=False, transform=None,
-                 return_objects: bool = False, return_foils=False):
+                 return_objects: bool = False, return_foils=False, distance=None,
+                 distractors=0):
         task = _ALIASES.get(task, task)
         if task not in TASKS:
             raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
@@ -138,6 +184,8 @@ class ShapesDataset(Dataset):
             raise ValueError("shapes: the relation task needs at least two shapes")
         if noise < 0 or clutter < 0:
             raise ValueError(f"noise and clutter: expected >= 0, got {noise!r} and {clutter!r}")
+        self.distance = _check_distance(distance, task)
+        self.distractors = _check_distractors(distractors, task)
 
         self.num_samples, self.image_size, self.split = int(num_samples), int(image_size), split
         self.seed, self.task, self.num_objects = int(seed), task, (lo, hi)
@@ -182,17 +230,30 @@ class ShapesDataset(Dataset):
         ranges = _RADII[min(n, 3)]
         lo_hi = np.array([ranges[s] for s in sizes])  # (n, 2) radius range per object
         radii = rng.uniform(lo_hi[:, 0], lo_hi[:, 1]) * side
+        extra = 0
+        if self.distractors[1]:  # drawn after the pair's own draws: default streams unchanged
+            extra = int(rng.integers(self.distractors[0], self.distractors[1] + 1))
+            shapes += [self.shapes[i] for i in rng.integers(0, len(self.shapes), extra)]
+            colours += [DISTRACTOR_COLOUR] * extra
+            sizes += ["small"] * extra
+            radii = np.concatenate([radii, rng.uniform(*_RADII[3]["small"], extra) * side])
+            n += extra
         bounds = radii * np.array([BOUND[s] for s in shapes])  # farthest extent of each shape
         # Relation scenes keep their first two objects at least 0.45 of the image side apart.
         far = 0.45 * side if self.task == "relation" else 0.0
         clear = self.task == "caption"
         for _ in range(20):  # shrink and retry if the objects do not fit
-            pos = self._place(rng, bounds, far, clear)
+            if self.distance is None:
+                pos = self._place(rng, bounds, far, clear)
+            else:
+                pos = self._place_at_distance(rng, bounds)
             if pos is not None:
                 break
             radii *= 0.9
             bounds *= 0.9
-        rgb = np.array([COLOURS[c] for c in colours])  # (n, 3)
+        if pos is None:
+            raise RuntimeError(f"could not place {n} objects in a {side} px image")
+        rgb = np.array([COLOURS.get(c, _GREY) for c in colours])  # (n, 3)
         rgb = np.clip(rgb + rng.uniform(-self.colour_jitter, self.colour_jitter, (n, 3)), 0, 1)
         return [Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
                     float(radii[i]), tuple(rgb[i].tolist())) for i in range(n)]
@@ -214,6 +275,36 @@ class ShapesDataset(Dataset):
             if not ok.any():
                 return None
             pos[i] = cand[int(ok.argmax())]  # the first candidate that fits
+        return pos
+
+    def _place_at_distance(self, rng, radii):
+        """Centres as `_place`, with objects 0 and 1 at a distance within self.distance: object 1
+        is put at a drawn distance and angle from object 0 (many pairs tried at once); None if
+        no pair fits."""
+        side, pos = self.image_size, np.zeros((len(radii), 2))
+        lo, hi = self.distance[0] * side, self.distance[1] * side
+        r0, r1 = radii[0], radii[1]
+        for _ in range(16):  # 16 x 64 pairs
+            p0 = rng.uniform(r0 + 0.5, side - r0 - 0.5, (64, 2))
+            d = rng.uniform(lo, hi, 64)
+            angle = rng.uniform(0.0, 2 * np.pi, 64)
+            p1 = p0 + d[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)  # (64, 2)
+            ok = (d >= r0 + r1 + 1.5) & np.all((p1 >= r1 + 0.5) & (p1 <= side - r1 - 0.5), 1)
+            if ok.any():
+                k = int(ok.argmax())
+                pos[0], pos[1] = p0[k], p1[k]
+                break
+        else:
+            return None
+        for i in range(2, len(radii)):  # distractors: anywhere clear of the objects before them
+            r = radii[i]
+            cand = rng.uniform(r + 0.5, side - r - 0.5, (32, 2))
+            ok = np.ones(len(cand), dtype=bool)
+            for j in range(i):
+                ok &= np.hypot(*(cand - pos[j]).T) >= r + radii[j] + 1.5
+            if not ok.any():
+                return None
+            pos[i] = cand[int(ok.argmax())]
         return pos
 
     def label_of(self, objects: list[Obj]) -> int:
@@ -264,6 +355,13 @@ class ShapesDataset(Dataset):
             attrs["spatial"] = spatial(objects[0], objects[1])
         return attrs
 
+    def _item_attributes(self, objects: list[Obj]) -> dict:
+        attrs = self._attributes(objects)
+        if self.distance is not None:  # the pair's measured distance, a fraction of the side
+            d = np.hypot(objects[0].x - objects[1].x, objects[0].y - objects[1].y)
+            attrs["distance"] = round(float(d) / self.image_size, 4)
+        return attrs
+
     @property
     def labels(self) -> list[int]:
         """Every item's label, from the scenes alone (used for stratified subsets)."""
@@ -286,6 +384,8 @@ class ShapesDataset(Dataset):
         cfg = [self.num_samples, self.image_size, self.split, self.seed, self.task,
                self.num_objects, self.shapes, self.colours, self.noise, self.clutter,
                self.colour_jitter, self.background, 1]  # last: renderer version
+        if self.distance is not None or self.distractors[1]:  # default keys stay as they were
+            cfg += [self.distance, self.distractors]
         return hashlib.sha1(repr(cfg).encode()).hexdigest()[:16]
 
     def _build_cache(self, directory: Path | None) -> None:
@@ -304,7 +404,7 @@ class ShapesDataset(Dataset):
             images[i], objects = self.render_uint8(i)
             metas.append({"label": self.label_of(objects),
                           "caption": make_caption(objects, self.task),
-                          "attributes": self._attributes(objects)})
+                          "attributes": self._item_attributes(objects)})
         self._images, self._meta = images, metas
         if directory is not None:
             # Written under temporary names, then renamed (metadata last, as the loader checks
@@ -337,7 +437,7 @@ class ShapesDataset(Dataset):
         else:
             img, objects = self.render_uint8(index)
             label, caption = self.label_of(objects), make_caption(objects, self.task)
-            attrs = self._attributes(objects)
+            attrs = self._item_attributes(objects)
         image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # (3, H, W) uint8
         if self.transform is not None:
             image = self.transform(image)
