@@ -58,10 +58,46 @@ def test_unknown_key_in_yaml(tmp_path):
     ("train.compile=maybe", "train.compile.*true or false"),
     ("data.fraction=1.5", "data.fraction"),
     ("optim.lr", "KEY=VALUE"),
+    ("optim.lr=[1", r"--set optim.lr: '\[1' is not a YAML value"),
+    # values that train backwards or mean nothing: one line naming the key, expected and got
+    ("optim.clip_grad=-1", r"optim.clip_grad: expected >= 0 .*got -1.0"),
+    ("optim.min_lr=-0.01", r"optim.min_lr: expected in \[0, optim.lr=0.001\], got -0.01"),
+    ("optim.min_lr=0.1", r"optim.min_lr: expected in \[0, optim.lr=0.001\], got 0.1"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps: expected >= 0, got -5"),
+    ("optim.weight_decay=-1", "optim.weight_decay: expected >= 0, got -1.0"),
+    ("optim.lr=-1", "optim.lr: expected a finite number > 0, got -1.0"),
+    ("optim.lr=nan", "optim.lr: expected a finite number > 0, got nan"),
+    ("optim.eps=0", "optim.eps: expected > 0, got 0.0"),
+    ("optim.betas=[0.9,1.5]", r"optim.betas: expected two numbers in \[0, 1\)"),
+    ("train.epochs=inf", "train.epochs: expected a finite number > 0, got inf"),
+    ("train.threads=0", "train.threads: expected >= 1 or null, got 0"),
+    ("data.num_workers=-1", "data.num_workers: expected >= 0, got -1"),
+    ("data.eval_batch_size=0", "data.eval_batch_size: expected >= 1 or null, got 0"),
 ])
 def test_bad_values_are_errors(override, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("text, match", [
+    ("", r"config '.*c.yaml' is empty"),
+    ("# only a comment\n", r"config '.*c.yaml' is empty"),
+    ("model:\n  name: [vit\n", r"config .*c.yaml:3: invalid YAML: expected ',' or ']'"),
+    ("model: {name: vit}\n  data: 1\n", r"config .*c.yaml:2: invalid YAML"),
+    ("- a\n- b\n", "expected a mapping at the top, got list"),
+])
+def test_bad_yaml_files_name_the_file_and_line(tmp_path, text, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(path)
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"model: {name: caf\xe9}\n")
+    with pytest.raises(ValueError, match=r"c.yaml': not UTF-8 text \(byte 17 is 0xe9\)"):
+        load_config(path)
 
 
 def test_missing_file():

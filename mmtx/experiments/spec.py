@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import yaml
-
-from ..train.config import load_config, merge_dataclass
+from ..train.config import load_config, merge_dataclass, parse_override, read_yaml
 
 
 def set_key(tree: dict, dotted: str, value) -> None:
@@ -25,11 +23,17 @@ def set_key(tree: dict, dotted: str, value) -> None:
         if isinstance(tree, list):
             tree = tree[_index(tree, key, dotted)]
         else:
-            tree = tree.setdefault(key, {})
+            tree = _mapping(tree, dotted).setdefault(key, {})
     if isinstance(tree, list):
         tree[_index(tree, last, dotted)] = value
     else:
-        tree[last] = value
+        _mapping(tree, dotted)[last] = value
+
+
+def _mapping(tree, dotted: str) -> dict:
+    if not isinstance(tree, dict):
+        raise ValueError(f"--set {dotted}: reaches inside {tree!r}, which is not a mapping")
+    return tree
 
 
 def _index(items: list, key: str, dotted: str) -> int:
@@ -40,17 +44,9 @@ def _index(items: list, key: str, dotted: str) -> int:
 
 def read_tree(path, overrides=()) -> dict:
     """An experiment YAML as a dict with `--set KEY=VALUE` overrides applied (untyped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment file not found: {path}")
-    tree = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: expected a mapping at the top, got {type(tree).__name__}")
+    tree = read_yaml(path, "experiment file")
     for item in overrides or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        set_key(tree, key.strip(), yaml.safe_load(value))
+        set_key(tree, *parse_override(item))
     return tree
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -243,22 +244,26 @@ def merge_dataclass(obj, data: dict, prefix: str = "", root=None) -> None:
             setattr(obj, name, _coerce(value, hints[name], key))
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ValueError(f"--set expects KEY=VALUE (e.g. optim.lr=3e-4), got {item!r}")
-    key, raw = item.split("=", 1)
+def parse_override(item: str) -> tuple[str, Any]:
+    """`--set KEY=VALUE` -> (KEY, VALUE read as YAML), for configs and experiment files."""
+    key, sep, raw = item.partition("=")
     key = key.strip()
-    if not key:
-        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    if not sep or not key:
+        raise ValueError(f"--set expects KEY=VALUE (e.g. optim.lr=3e-4), got {item!r}")
     # YAML parses 3e-4 as a string (YAML 1.1); the type coercion fixes scalars afterwards.
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return key.split("."), value
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {key}: {raw!r} is not a YAML value "
+                         f"({getattr(e, 'problem', None) or e})") from None
+    return key, value
 
 
 def apply_overrides(config: Config, overrides: list[str] | None) -> Config:
     """Apply `a.b=c` strings in order. `model.args.depth=4` sets a key inside a free-form dict."""
     for item in overrides or []:
-        parts, value = _parse_override(item)
+        key, value = parse_override(item)
+        parts = key.split(".")
         obj, i = config, 0
         while i < len(parts) - 1 and dataclasses.is_dataclass(obj):
             hints = typing.get_type_hints(type(obj))
@@ -297,8 +302,8 @@ def validate(config: Config) -> None:
         raise ValueError("train.max_steps or train.epochs must be set, got neither")
     if t.max_steps is not None and t.max_steps < 1:
         raise ValueError(f"train.max_steps: expected >= 1, got {t.max_steps}")
-    if t.epochs is not None and t.epochs <= 0:
-        raise ValueError(f"train.epochs: expected > 0, got {t.epochs}")
+    if t.epochs is not None and not 0 < t.epochs < math.inf:
+        raise ValueError(f"train.epochs: expected a finite number > 0, got {t.epochs}")
     if isinstance(t.resume, str) and t.resume != "auto":
         raise ValueError(f"train.resume: expected true, false or 'auto', got {t.resume!r}")
     if t.ema is not None and not 0.0 < t.ema < 1.0:
@@ -310,14 +315,32 @@ def validate(config: Config) -> None:
             raise ValueError(f"train.{name}: expected >= 0, got {getattr(t, name)}")
     if o.grad_accum < 1:
         raise ValueError(f"optim.grad_accum: expected >= 1, got {o.grad_accum}")
-    if o.lr <= 0:
-        raise ValueError(f"optim.lr: expected > 0, got {o.lr}")
-    if len(o.betas) != 2:
-        raise ValueError(f"optim.betas: expected two numbers, got {o.betas}")
+    # NaN fails every comparison, so each check is written as "expected" and negated.
+    if not 0 < o.lr < math.inf:
+        raise ValueError(f"optim.lr: expected a finite number > 0, got {o.lr}")
+    if not 0 <= o.min_lr <= o.lr:  # above lr the schedule would raise the lr as it "decays"
+        raise ValueError(f"optim.min_lr: expected in [0, optim.lr={o.lr}], got {o.min_lr}")
+    if not 0 <= o.weight_decay < math.inf:  # negative decay pushes weights away from zero
+        raise ValueError(f"optim.weight_decay: expected >= 0, got {o.weight_decay}")
+    if o.clip_grad is not None and not 0 <= o.clip_grad < math.inf:
+        raise ValueError(f"optim.clip_grad: expected >= 0 (0 or null: no clipping), got "
+                         f"{o.clip_grad}")
+    if o.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps: expected >= 0, got {o.warmup_steps}")
+    if not 0 < o.eps < math.inf:
+        raise ValueError(f"optim.eps: expected > 0, got {o.eps}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ValueError(f"optim.betas: expected two numbers in [0, 1), got {o.betas}")
     if not 0.0 <= o.warmup_fraction < 1.0:
         raise ValueError(f"optim.warmup_fraction: expected in [0, 1), got {o.warmup_fraction}")
     if d.batch_size < 1:
         raise ValueError(f"data.batch_size: expected >= 1, got {d.batch_size}")
+    if d.eval_batch_size is not None and d.eval_batch_size < 1:
+        raise ValueError(f"data.eval_batch_size: expected >= 1 or null, got {d.eval_batch_size}")
+    if d.num_workers < 0:
+        raise ValueError(f"data.num_workers: expected >= 0, got {d.num_workers}")
+    if t.threads is not None and t.threads < 1:
+        raise ValueError(f"train.threads: expected >= 1 or null, got {t.threads}")
     if not 0.0 < d.fraction <= 1.0:
         raise ValueError(f"data.fraction: expected in (0, 1], got {d.fraction}")
 
@@ -337,12 +360,30 @@ def load_config(source: str | Path | dict | Config | None = None,
     elif isinstance(source, dict) or source is None:
         config = config_from_dict(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"config: no such YAML file {str(path)!r}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config {str(path)!r}: expected a mapping at the top, got "
-                             f"{type(data).__name__}")
-        config = config_from_dict(data)
+        config = config_from_dict(read_yaml(source, "config"))
     return apply_overrides(config, overrides)
+
+
+def read_yaml(path: str | Path, what: str) -> dict:
+    """The mapping in a YAML file; `what` names the file in errors ("config", "experiment
+    file"). A syntax error names the file and line; an empty file is an error (it would
+    silently mean "all defaults")."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such YAML file {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {str(path)!r}: not UTF-8 text (byte {e.start} is "
+                         f"{e.object[e.start]:#04x})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ValueError(f"{what} {where}: invalid YAML: {problem}") from None
+    if data is None:
+        raise ValueError(f"{what} {str(path)!r} is empty; expected a mapping of settings")
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {str(path)!r}: expected a mapping at the top, got "
+                         f"{type(data).__name__}")
+    return data
