@@ -116,6 +116,33 @@ def test_fused_and_math_paths_agree(mask_kind, causal, lq, lk):
         use_fused_attn(True)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_attention_dropout_drops_weights_at_rate_p_and_rescales_the_rest(p):
+    # With v = identity the output IS the dropped-out weight matrix: every entry is either 0 or
+    # the softmax weight / (1 - p), and about a fraction p of them are 0.
+    torch.manual_seed(0)
+    q, k = torch.randn(8, 4, 32, 16), torch.randn(8, 4, 32, 16)
+    v = torch.eye(32).expand(8, 4, 32, 32)
+    weights = (q @ k.transpose(-2, -1) / 4.0).softmax(-1)
+    out = scaled_dot_product_attention(q, k, v, dropout_p=p)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], weights[kept] / (1 - p))
+    assert abs((~kept).float().mean().item() - p) < 0.01  # 32k entries: std of the rate 0.003
+    assert out.shape == (8, 4, 32, 32)
+
+
+def test_attention_dropout_is_unbiased_and_keeps_masked_rows_zero():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 3)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[1] = False  # query 1 sees nothing: zero output, dropout or not
+    exact = scaled_dot_product_attention(q, k, v, mask=mask)
+    draws = torch.stack([scaled_dot_product_attention(q, k, v, mask=mask, dropout_p=0.3)
+                         for _ in range(4000)])
+    assert (draws[:, :, :, 1] == 0).all()
+    torch.testing.assert_close(draws.mean(0), exact, atol=0.05, rtol=0)
+
+
 def test_causal_is_bottom_right_aligned():
     # 2 new queries over 5 keys (3 cached): query 0 is position 3, it sees keys 0..3.
     q, k, v = torch.randn(1, 2, 4), torch.randn(1, 5, 4), torch.randn(1, 5, 4)

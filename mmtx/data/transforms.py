@@ -9,9 +9,12 @@ digits are never flipped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 PRESETS = ("none", "light", "strong")
 
@@ -43,6 +46,8 @@ STATS = {
 
 
 def _augment(stats: Stats, preset: str, size: int) -> list:
+    from torchvision.transforms import v2
+
     """Augmentations on the uint8 image, before scaling to float."""
     if stats.kind == "folder":  # photos of any size: the random crop also resizes
         ops = [v2.RandomResizedCrop(size, scale=(0.6 if preset == "strong" else 0.8, 1.0),
@@ -77,6 +82,8 @@ def build_transforms(dataset_name: str, preset: str = "none", image_size=None, t
                          f"got {dataset_name!r}")
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
+    from torchvision.transforms import v2  # here, not at import: torchvision takes seconds
+
     stats = STATS[dataset_name]
     size = int(image_size or stats.image_size)
     ops: list = [v2.ToImage()]

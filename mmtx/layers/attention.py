@@ -75,7 +75,10 @@ def scaled_dot_product_attention(
         raise ValueError(
             f"k and v must have the same length Lk, got k {tuple(k.shape)} and v {tuple(v.shape)}"
         )
-    fused = fused_attn_enabled() and not return_weights
+    # PyTorch's CPU kernels have no dropout: with dropout_p > 0 they fall back to a math path
+    # that draws the mask with bernoulli_ and is 3-5x slower than the explicit path below.
+    fused = fused_attn_enabled() and not return_weights and not (
+        dropout_p > 0 and q.device.type == "cpu")
     if fused and causal and mask is None and q.shape[-2] <= 1:
         causal = False  # one query is the last position: it sees every key, no mask needed
     if fused and causal and mask is None and q.shape[-2] == k.shape[-2]:
@@ -114,8 +117,17 @@ def scaled_dot_product_attention(
     weights = scores.softmax(-1)
     if dead is not None:
         weights = weights.masked_fill(dead, 0.0)
-    out = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
+    out = _dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
     return (out, weights) if return_weights else out
+
+
+def _dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout as F.dropout (each element kept with probability 1 - p, scaled by
+    1 / (1 - p)); the mask comes from rand_like, which on CPU is about 4x faster than the
+    bernoulli_ that F.dropout draws with."""
+    if p >= 1.0:
+        return torch.zeros_like(x)
+    return x * (torch.rand_like(x) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 class KVCache:

@@ -8,9 +8,10 @@ max-pool, so the four stages see 32, 16, 8 and 4 px.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from .registry import register_model, register_prefix
 
@@ -20,40 +21,55 @@ def _check_channels(images: torch.Tensor, in_chans: int) -> None:
         raise ValueError(f"images must be (B, {in_chans}, H, W), got shape {tuple(images.shape)}")
 
 
-class SmallResNet(ResNet):
-    """torchvision ResNet with a 3x3 stride-1 stem and no max-pool, for 8-64 px images.
+@functools.cache
+def _small_resnet_class() -> type:
+    """SmallResNet subclasses torchvision's ResNet; it is built on first use so that importing
+    mmtx does not import torchvision (seconds per process, in every experiment worker)."""
+    from torchvision.models.resnet import BasicBlock, ResNet
 
-    `img_size` is accepted for a uniform factory signature; the network takes any size.
-    drop_rate: dropout before the classifier (timm's ResNet option; torchvision has none).
-    """
+    class SmallResNet(ResNet):
+        """torchvision ResNet with a 3x3 stride-1 stem and no max-pool, for 8-64 px images.
 
-    def __init__(self, layers=(2, 2, 2, 2), num_classes: int = 10, in_chans: int = 3,
-                 img_size=32, zero_init_residual: bool = True, drop_rate: float = 0.0):
-        # zero_init_residual: each block starts as the identity (Goyal et al. 2017), which
-        # helps small-batch / short-schedule training that these baselines are used for.
-        super().__init__(BasicBlock, list(layers), num_classes=max(num_classes, 1),
-                         zero_init_residual=zero_init_residual)
-        self.in_chans, self.img_size, self.num_classes = in_chans, img_size, num_classes
-        self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.maxpool = nn.Identity()
-        self.num_features = self.fc.in_features
-        self.drop = nn.Dropout(drop_rate)
-        if num_classes == 0:
-            self.fc = nn.Identity()
+        `img_size` is accepted for a uniform factory signature; the network takes any size.
+        drop_rate: dropout before the classifier (timm's ResNet option; torchvision has none).
+        """
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> feature map (B, 512, H/8, W/8)."""
-        _check_channels(images, self.in_chans)
-        x = self.relu(self.bn1(self.conv1(images)))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        def __init__(self, layers=(2, 2, 2, 2), num_classes: int = 10, in_chans: int = 3,
+                     img_size=32, zero_init_residual: bool = True, drop_rate: float = 0.0):
+            # zero_init_residual: each block starts as the identity (Goyal et al. 2017), which
+            # helps small-batch / short-schedule training that these baselines are used for.
+            super().__init__(BasicBlock, list(layers), num_classes=max(num_classes, 1),
+                             zero_init_residual=zero_init_residual)
+            self.in_chans, self.img_size, self.num_classes = in_chans, img_size, num_classes
+            self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.maxpool = nn.Identity()
+            self.num_features = self.fc.in_features
+            self.drop = nn.Dropout(drop_rate)
+            if num_classes == 0:
+                self.fc = nn.Identity()
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(torch.flatten(self.avgpool(x), 1))  # (B, 512)
-        return x if pre_logits else self.fc(x)
+        def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+            """(B, C, H, W) -> feature map (B, 512, H/8, W/8)."""
+            _check_channels(images, self.in_chans)
+            x = self.relu(self.bn1(self.conv1(images)))
+            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(images))
+        def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+            x = self.drop(torch.flatten(self.avgpool(x), 1))  # (B, 512)
+            return x if pre_logits else self.fc(x)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.forward_head(self.forward_features(images))
+
+    SmallResNet.__qualname__ = "SmallResNet"  # pickled by name: found via __getattr__ below
+    return SmallResNet
+
+
+def __getattr__(name: str):
+    if name == "SmallResNet":
+        return _small_resnet_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConvNet(nn.Module):
@@ -126,18 +142,18 @@ def timm_model(name: str, **kwargs) -> nn.Module:
 register_prefix("timm/", timm_model)  # create_model("timm/<name>", ...)
 
 
-def _small_resnet(layers, kw) -> SmallResNet:
-    return SmallResNet(layers, **kw)
+def _small_resnet(layers, kw) -> nn.Module:
+    return _small_resnet_class()(layers, **kw)
 
 
 @register_model(family="cnn", task="classification")
-def resnet18_small(**kw) -> SmallResNet:
+def resnet18_small(**kw) -> nn.Module:
     """ResNet-18 (11.2 M params at 10 classes) with the small-image stem."""
     return _small_resnet((2, 2, 2, 2), kw)
 
 
 @register_model(family="cnn", task="classification")
-def resnet34_small(**kw) -> SmallResNet:
+def resnet34_small(**kw) -> nn.Module:
     return _small_resnet((3, 4, 6, 3), kw)
 
 
