@@ -1,5 +1,6 @@
 """Faults: SIGKILL + resume reproduces the uninterrupted run, malicious pickles are refused,
-NaN losses stop the run naming the step, SIGINT saves a checkpoint."""
+NaN losses stop the run naming the step, SIGINT saves a checkpoint, a run directory has one
+writer at a time."""
 
 import json
 import signal
@@ -19,6 +20,7 @@ from mmtx.train import (
     load_weights,
     train,
 )
+from mmtx.train.checkpoint import DirectoryInUse
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -178,3 +180,24 @@ def test_nan_gradients_with_a_finite_loss_are_never_applied_or_saved(tmp_path, c
     for _, path in list_checkpoints(tmp_path):
         weights = load_weights(TinyMLP(), path / "model.safetensors")
         assert all(torch.isfinite(p).all() for p in weights.parameters())
+
+
+def test_a_second_writer_is_refused_at_once_until_the_first_dies(tmp_path):
+    cfg = tiny_config(max_steps=500, checkpoint_every=0, eval_every=0, log_every=1)
+    proc = _start(tmp_path, cfg, delay=0.005)
+    metrics = tmp_path / "metrics.jsonl"
+    try:
+        started = _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2,
+                            proc)
+        assert started, proc.stderr.read()[-2000:]
+        with pytest.raises(DirectoryInUse, match=rf"run_dir '{tmp_path}' is in use by another "
+                                                 rf"process \(pid {proc.pid}\)"):
+            train(tiny_config(max_steps=4), run_dir=tmp_path, data=splits(), resume="auto")
+        assert proc.poll() is None  # refused while the first trains, not queued behind it
+        proc.kill()  # SIGKILL: the lock goes with the process, no cleanup needed
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = train(tiny_config(max_steps=4), run_dir=tmp_path, data=splits(), resume="auto")
+    assert result["steps"] == 4

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..train.checkpoint import exclusive
 from .spec import load_spec, read_tree
 
 DEFAULT_KIND = "grid"
@@ -57,5 +58,5 @@ def run_experiment(path, out_dir=None, overrides=()) -> dict:
     "out_dir" and the kind's own results."""
     kind, spec = load(path, overrides)
     out = Path(out_dir) if out_dir else Path("runs") / spec.name
-    out.mkdir(parents=True, exist_ok=True)
-    return kind.run(spec, out)
+    with exclusive(out, "experiment directory"):  # one `mmtx run` per directory at a time
+        return kind.run(spec, out)

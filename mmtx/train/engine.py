@@ -233,6 +233,12 @@ class Trainer:
                   flush=True)
 
     def fit(self) -> dict:
+        # One writer per run directory: a second trainer would interleave metrics and replace
+        # checkpoints and config.yaml under this one.
+        with ckpt.exclusive(self.run_dir):
+            return self._fit_locked()
+
+    def _fit_locked(self) -> dict:
         t0 = time.perf_counter()
         cfg, accel = self.cfg, self.accelerator
         state = self._resume()
