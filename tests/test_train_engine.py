@@ -144,3 +144,23 @@ def test_items_are_seeded_only_when_they_draw_from_the_global_rngs():
     wrapped = SeededItems(augmented, 0)
     assert wrapped.random
     assert torch.equal(wrapped[(3, 5)]["image"], wrapped[(3, 5)]["image"])  # same seed, same crop
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_batched_fetch_equals_item_by_item(cache, fraction):
+    # The DataLoader fetches a batch through __getitems__ (one tensor operation for cached
+    # shapes); what it gives must be exactly the items __getitem__ gives, through every wrapper.
+    from mmtx.data import build_dataset
+    from mmtx.train.data import SeededItems
+
+    ds = SeededItems(build_dataset("shapes", "train", num_samples=16, image_size=16,
+                                   fraction=fraction, cache=cache), seed=0)
+    keys = [(0, 5), (0, 2), (1, 7), (0, 2)]
+    batched, single = ds.__getitems__(keys), [ds[k] for k in keys]
+    assert len(batched) == len(single) == 4
+    for b, s in zip(batched, single):
+        assert b.keys() == s.keys()
+        assert torch.equal(b["image"], s["image"])
+        assert (b["label"], b["caption"], b["attributes"]) == \
+            (s["label"], s["caption"], s["attributes"])

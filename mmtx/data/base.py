@@ -84,6 +84,12 @@ class SubsetDataset(Dataset):
     def __getitem__(self, i: int):
         return self.base[self.indices[i]]
 
+    def __getitems__(self, indices: list[int]) -> list:
+        """A batch at once when `base` fetches batches itself (see ShapesDataset)."""
+        if hasattr(self.base, "__getitems__"):
+            return self.base.__getitems__([self.indices[i] for i in indices])
+        return [self[i] for i in indices]
+
     @property
     def labels(self) -> list[int]:
         labels = self.base.labels

@@ -450,6 +450,21 @@ class ShapesDataset(Dataset):
             item.update(self._opt_in_keys(objects))
         return item
 
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """Items for a batch of indices (DataLoader calls this when it exists), equal to
+        [self[i] for i in indices]. With cached pixels and no transform, the images are
+        converted in one tensor operation rather than three per item: the per-item work was
+        ~7% of a small model's training step."""
+        if self._images is None or self.transform is not None or self.return_objects \
+                or self.return_foils:
+            return [self[i] for i in indices]
+        idx = [self._check_index(i) for i in indices]
+        pixels = torch.from_numpy(self._images[idx])  # fancy indexing copies: (N, H, W, 3) uint8
+        images = pixels.permute(0, 3, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0).contiguous()
+        return [{"image": image, "label": m["label"], "caption": m["caption"],
+                 "attributes": m["attributes"]}
+                for image, m in zip(images, (self._meta[i] for i in idx))]
+
     def _opt_in_keys(self, objects: list[Obj]) -> dict:
         """The opt-in keys (object masks and boxes, foils) for a scene's objects."""
         out = {}

@@ -50,6 +50,13 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getitems__(self, keys: list) -> list:
+        """A batch of items (DataLoader calls this): a dataset that draws nothing from the
+        global RNGs and fetches batches itself (`__getitems__`) gets the indices at once."""
+        if self.random or not hasattr(self.dataset, "__getitems__"):
+            return [self[k] for k in keys]
+        return self.dataset.__getitems__([k[1] if isinstance(k, tuple) else k for k in keys])
+
     def __getitem__(self, key):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         if not self.random:
