@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 
 
@@ -27,8 +29,14 @@ def _train(args) -> None:
 
 def _run(args) -> None:
     from .experiments import run_experiment
+    from .train import TrainingInterrupted
 
-    run_experiment(args.experiment, out_dir=args.out, overrides=args.set)
+    try:
+        run_experiment(args.experiment, out_dir=args.out, overrides=args.set)
+    except TrainingInterrupted as e:  # finished runs are kept, the others resume on a rerun
+        words = ["mmtx", "run", args.experiment, *(["--out", args.out] if args.out else []),
+                 *(w for o in args.set for w in ("--set", o))]
+        raise TrainingInterrupted(f"{e}; continue with: {shlex.join(words)}", e.signum) from None
 
 
 def _caption(args) -> None:
@@ -121,11 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    from .train.engine import on_stop_signals, stop_now
+
     try:
-        args.fn(args)
+        # SIGTERM stops a command as Ctrl-C does: a training loop saves a checkpoint first
+        # (its own handler), elsewhere it stops at once; either way one line, no traceback.
+        with on_stop_signals(stop_now):
+            args.fn(args)
     except (ValueError, FileNotFoundError) as e:  # a user's mistake: say it, without a traceback
         print(f"mmtx {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(f"mmtx {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

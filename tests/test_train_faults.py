@@ -125,20 +125,22 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in weights.parameters())
 
 
-def test_sigint_saves_a_checkpoint_then_exits(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_saves_a_checkpoint_then_exits(tmp_path, signum):
     cfg = tiny_config(max_steps=500, checkpoint_every=0, eval_every=0, log_every=1)
     proc = _start(tmp_path, cfg, delay=0.005)
     metrics = tmp_path / "metrics.jsonl"
     try:
         started = _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3,
                             proc)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert started, proc.stderr.read()[-2000:]
-    assert proc.returncode == 130, proc.stderr.read()[-2000:]
+    assert proc.returncode == 128 + signum, proc.stderr.read()[-2000:]
+    assert f"{signum.name}: saving a checkpoint after this step" in proc.stdout.read()
     steps = [s for s, _ in list_checkpoints(tmp_path)]
     assert len(steps) == 1 and 3 <= steps[0] < 500  # checkpoint_every 0: only the SIGINT one
     assert not (tmp_path / "summary.json").exists()

@@ -131,8 +131,8 @@ def _main(argv) -> int:
     run_dir, cfg, data_kw = argv[0], json.loads(argv[1]), json.loads(argv[2])
     try:
         result = train(cfg, run_dir=run_dir, data=splits(**data_kw), resume="auto")
-    except TrainingInterrupted:
-        return 130
+    except TrainingInterrupted as e:
+        return 128 + e.signum  # 130 for SIGINT, 143 for SIGTERM, as `mmtx train`
     except NonFiniteLossError as e:
         print(e)
         return 1

@@ -6,6 +6,10 @@ runs side by side finish an experiment about twice as fast as one after another.
 writes its console output (evaluation lines, warnings) to its run's `train.log`, so the
 console shows only the experiment's own progress lines and stays readable with any number of
 workers.
+
+Stopping: on SIGINT (Ctrl-C) or SIGTERM the runner tells each worker to stop (the runs in
+progress save a checkpoint), starts no other run, and raises TrainingInterrupted once they
+have stopped. Workers die with the runner, even when it is killed by SIGKILL.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..train.engine import STOP_SIGNALS, TrainingInterrupted, on_stop_signals, stop_now
 
 
 @dataclass
@@ -73,27 +80,55 @@ class Progress:
               f"elapsed {_fmt(elapsed)}, ETA {_fmt(eta) if left else 'done'}", flush=True)
 
 
+# In a worker: whether it is running a job, and a stop signal that came while it was not.
+_busy, _stopped = False, 0
+
+
 def _in_worker(fn, args, kwargs, log) -> tuple[dict, float]:
     """Runs in a worker: (result, seconds it took). Its output goes to the run's log file, not
     the shared console."""
+    global _busy
     t = time.perf_counter()
-    if log is None:
-        return fn(*args, **kwargs), time.perf_counter() - t
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), \
-            contextlib.redirect_stderr(f):
-        return fn(*args, **kwargs), time.perf_counter() - t
+    if _stopped:  # told to stop before this job (submitted before the stop) began
+        stop_now(_stopped, None)
+    _busy = True
+    try:
+        if log is None:
+            return fn(*args, **kwargs), time.perf_counter() - t
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), \
+                contextlib.redirect_stderr(f):
+            return fn(*args, **kwargs), time.perf_counter() - t
+    finally:
+        _busy = False
+
+
+def _worker_signal(signum, frame) -> None:
+    # A job outside its training loop (whose own handler saves a checkpoint first) stops at
+    # once; an idle worker stays alive, or the pool would count it as crashed and kill the
+    # others mid-save.
+    global _stopped
+    if _busy:
+        stop_now(signum, frame)
+    _stopped = signum
 
 
 def _init_worker() -> None:
-    """Worker initializer (Linux): the kernel kills this worker when the experiment's process
-    dies, even by SIGKILL, so no run goes on training unowned."""
+    """Worker initializer: stop signals come from the runner only, and (Linux) the kernel kills
+    this worker when the runner dies, even by SIGKILL, so no run goes on training unowned."""
+    # Its own process group: a terminal's Ctrl-C reaches the runner alone, which forwards it
+    # once (a second signal would make a training stop without saving).
+    os.setpgrp()
+    for s in STOP_SIGNALS:
+        signal.signal(s, _worker_signal)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The runner started this process with stop signals blocked (see _in_workers); one sent
+    # meanwhile is delivered now, to the handler above.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def run_jobs(jobs: list[Job], workers: int = 1,
@@ -107,7 +142,7 @@ def run_jobs(jobs: list[Job], workers: int = 1,
     progress = Progress(len(jobs), len(todo), workers)
     progress.start()
     results: dict[int, dict] = {}
-    if workers == 1:
+    if workers == 1:  # in this process: a stop signal stops the run (after its checkpoint)
         for i, job in enumerate(jobs):
             t = time.perf_counter()
             if not job.done and progress.show:
@@ -117,15 +152,59 @@ def run_jobs(jobs: list[Job], workers: int = 1,
             if not job.done:
                 progress.finished(job.key, describe(results[i]), time.perf_counter() - t)
         return [results[i] for i in range(len(jobs))]
-    ctx = multiprocessing.get_context("spawn")  # no forked copies of threads or CUDA state
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-        futures = {pool.submit(_in_worker, j.fn, j.args, j.kwargs, j.log): i
-                   for i, j in enumerate(jobs) if not j.done}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            results[i], seconds = fut.result()
-            progress.finished(jobs[i].key, describe(results[i]), seconds)
+    _in_workers([(i, j) for i, j in enumerate(jobs) if not j.done], workers, progress,
+                describe, results)
     for i, job in enumerate(jobs):
         if job.done:
             results[i] = job.fn(*job.args, **job.kwargs)
     return [results[i] for i in range(len(jobs))]
+
+
+def _in_workers(todo: list[tuple[int, Job]], workers: int, progress: Progress, describe,
+                results: dict[int, dict]) -> None:
+    """Train `todo` in `workers` processes, submitting a run only when a worker is free, so
+    that after a stop signal or a failed run nothing queued is left to start."""
+    stop: list[int] = []  # the stop signals received
+    errors: list[Exception] = []
+
+    def on_signal(signum, frame):
+        stop.append(signum)
+        for child in multiprocessing.active_children():  # the workers
+            os.kill(child.pid, signal.SIGINT)  # the run saves a checkpoint, then stops
+
+    queue, stopped = list(todo), 0
+    ctx = multiprocessing.get_context("spawn")  # no forked copies of threads or CUDA state
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool, \
+            on_stop_signals(on_signal):
+        running = {}
+        while True:
+            while queue and len(running) < workers and not (stop or errors):
+                i, job = queue.pop(0)
+                # A worker is started inside submit, and inherits the blocked signals: until
+                # its initializer has set its handlers, a Ctrl-C would kill it (and with it
+                # the pool, the other workers included).
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                try:
+                    fut = pool.submit(_in_worker, job.fn, job.args, job.kwargs, job.log)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                running[fut] = i, job
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i, job = running.pop(fut)
+                try:
+                    results[i], seconds = fut.result()
+                except KeyboardInterrupt:  # stopped by our signal (after its checkpoint)
+                    stopped += 1
+                    continue
+                except Exception as e:  # the others finish; none starts after a failure
+                    errors.append(e)
+                    continue
+                progress.finished(job.key, describe(results[i]), seconds)
+    if errors:
+        raise errors[0]
+    if stop:
+        raise TrainingInterrupted(f"interrupted: {stopped} run(s) stopped (those training "
+                                  f"saved a checkpoint), {len(queue)} not started", stop[0])

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,40 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped the run after saving a checkpoint."""
+    """SIGINT (Ctrl-C) or SIGTERM stopped the work; a training in progress saved a checkpoint
+    first. `signum` is the signal (a command exits with 128 + signum)."""
+
+    def __init__(self, message: str = "interrupted", signum: int = signal.SIGINT):
+        super().__init__(message, int(signum))  # both in args: it pickles (worker -> runner)
+        self.signum = int(signum)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def on_stop_signals(handler):
+    """`handler(signum, frame)` for SIGINT and SIGTERM inside the block, the previous handlers
+    restored after. Only the main thread can set handlers (Python runs them there); elsewhere
+    this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def stop_now(signum, frame):
+    """A stop signal outside a training loop: stop at once. Nothing is lost, since every file
+    is written atomically and a rerun resumes from the last checkpoint."""
+    raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name}", signum)
 
 
 def _seed_step(seed: int, step: int, rank: int) -> None:
@@ -124,7 +157,7 @@ class Trainer:
             from timm.utils import ModelEmaV3
             self.ema = ModelEmaV3(self.accelerator.unwrap_model(self.model), decay=t.ema)
         self.global_batch = d.batch_size * self.accelerator.num_processes * accum
-        self._interrupted = False
+        self._interrupted = 0  # the stop signal received, if any
 
     # ---------------------------------------------------------------- state and resume
     def _resume(self) -> dict:
@@ -154,6 +187,7 @@ class Trainer:
         # Never let a checkpoint hold non-finite weights: it would become "the last good one".
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self._stop_nonfinite("weights", state["step"], self.log, None)
+        state["metrics_lines"] = self.log.lines  # a resume from here drops the rows after it
         return ckpt.save_checkpoint(self.accelerator, self.run_dir, state["step"], state,
                                     ema=self.ema, keep_last=self.cfg.train.keep_last)
 
@@ -224,13 +258,15 @@ class Trainer:
         return result
 
     # ---------------------------------------------------------------- the loop
-    def _on_sigint(self, signum, frame):
-        if self._interrupted:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self._interrupted = True
+    def _on_stop_signal(self, signum, frame):
+        if self._interrupted:  # a second signal: stop at once
+            last = ckpt.latest_checkpoint(self.run_dir)
+            raise TrainingInterrupted(f"stopped at once by a second signal; the last checkpoint "
+                                      f"is {last or 'none'}", signum)
+        self._interrupted = signum
         if self.main:
-            print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to stop now)",
-                  flush=True)
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
+                  f"(Ctrl-C again to stop now)", flush=True)
 
     def fit(self) -> dict:
         # One writer per run directory: a second trainer would interleave metrics and replace
@@ -248,16 +284,12 @@ class Trainer:
             cfg.save(self.run_dir / "config.yaml")
         accel.wait_for_everyone()
         log = RunLogger(accel, self.run_dir, cfg, run_id=state["wandb_run_id"],
-                        resume_step=state["step"])
+                        resume_step=state["step"], resume_lines=state.get("metrics_lines"))
         self.log = log
-        old_handler = None
-        if threading.current_thread() is threading.main_thread():
-            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         try:
-            result = self._fit(state, log, t0)
+            with on_stop_signals(self._on_stop_signal):
+                result = self._fit(state, log, t0)
         finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
             log.finish()
         return result
 
@@ -295,8 +327,8 @@ class Trainer:
             grad_norm = accel.clip_grad_norm_(self.model.parameters(),
                                               cfg.optim.clip_grad or float("inf"))
             bad = not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm))
-            # One small all-reduce tells every process about a NaN or a Ctrl-C on any of them.
-            flags = accel.reduce(torch.tensor([float(bad), float(self._interrupted)],
+            # One small all-reduce tells every process about a NaN or a stop signal on any.
+            flags = accel.reduce(torch.tensor([float(bad), float(bool(self._interrupted))],
                                               device=accel.device), "sum")
             if flags[0] > 0:
                 self._stop_nonfinite(f"loss {loss_sum.item() / accum}, gradient norm "
@@ -340,9 +372,8 @@ class Trainer:
             if flags[1] > 0:
                 path = self._save(state)
                 bar.close()
-                if self.main:
-                    print(f"saved {path}; resume with --resume", flush=True)
-                raise TrainingInterrupted(f"interrupted at step {step}; checkpoint {path}")
+                raise TrainingInterrupted(f"interrupted at step {step}; saved {path}",
+                                          self._interrupted or signal.SIGINT)
         bar.close()
         self._save(state)
         return self._finish(state, log, last_metrics, t0)

@@ -45,30 +45,37 @@ def _scalar(v):
 class RunLogger:
     """Logs from every process may call; only the main process writes."""
 
-    def __init__(self, accelerator, run_dir: Path, cfg, *, run_id: str | None, resume_step: int):
+    def __init__(self, accelerator, run_dir: Path, cfg, *, run_id: str | None, resume_step: int,
+                 resume_lines: int | None = None):
         self.accelerator, self.run_dir, self.cfg = accelerator, Path(run_dir), cfg
         self.main = accelerator.is_main_process
         self.path = self.run_dir / "metrics.jsonl"
         self.wandb_on = False
         self.run_id = run_id
+        self.lines = 0  # rows in metrics.jsonl (a checkpoint records it: see _truncate)
         if not self.main:
             return
-        self._truncate(resume_step)
+        self._truncate(resume_step, resume_lines)
         if cfg.logging.wandb and wandb_mode(cfg.logging.mode) != "disabled" and run_id:
             self._init_wandb()
 
-    def _truncate(self, resume_step: int) -> None:
+    def _truncate(self, resume_step: int, resume_lines: int | None) -> None:
         # Lines written after the checkpoint we resume from would be logged again: drop them.
+        # The checkpoint records how many there were (the final evaluation logs rows at the
+        # last checkpoint's own step, after it); without that count, rows up to its step stay.
         if not self.path.exists():
             return
         keep = []
-        for line in self.path.read_text().splitlines():
+        for n, line in enumerate(self.path.read_text().splitlines()):
+            if resume_lines is not None and n >= resume_lines:
+                break
             try:
-                if json.loads(line).get("step", 0) <= resume_step:
+                if resume_lines is not None or json.loads(line).get("step", 0) <= resume_step:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
         self.path.write_text("".join(k + "\n" for k in keep))
+        self.lines = len(keep)
 
     def _init_wandb(self) -> None:
         lc = self.cfg.logging
@@ -107,6 +114,7 @@ class RunLogger:
                 row[k] = s if not (isinstance(s, float) and not math.isfinite(s)) else str(s)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        self.lines += 1
         if self.wandb_on:
             try:
                 self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
