@@ -7,7 +7,10 @@
    first), at ViT-S shapes (B=8, L=256, dim=384, 6 heads, bidirectional) and decoder shapes
    (B=8, L=256, dim=512, 8 heads, causal; timm gets is_causal=True). The three run in turn inside
    every repetition, so load from other processes hits them alike; medians are reported.
-2. `local_attention` vs dense attention (`sliding_window_mask` + `scaled_dot_product_attention`,
+2. The same three with attention dropout 0.1 (training mode) at the main job's CCT shapes
+   (B=64, L=64, dim=32, 2 heads) and ViT-S shapes: PyTorch's fused CPU kernels have no dropout,
+   so torch falls back to its math path there; mmtx takes its own explicit path.
+3. `local_attention` vs dense attention (`sliding_window_mask` + `scaled_dot_product_attention`,
    the mask build included since a dense user must build it) at growing L: forward time and
    peak memory. Peak memory on CPU is read from the PyTorch profiler's allocation events
    (`profile_memory=True`): every tensor allocation and free inside the call, in time order; the
@@ -84,11 +87,12 @@ def peak_memory(fn, device) -> int:
     return peak
 
 
-def equalised_modules(dim, heads, device):
+def equalised_modules(dim, heads, device, attn_drop=0.0):
     """mmtx, nn.MultiheadAttention and timm attention holding the same weights."""
-    ours = Attention(dim, heads, qkv_bias=True).to(device)
-    mha = nn.MultiheadAttention(dim, heads, bias=True, batch_first=True).to(device)
-    timm = TimmAttention(dim, heads, qkv_bias=True).to(device)
+    ours = Attention(dim, heads, qkv_bias=True, attn_drop=attn_drop).to(device)
+    mha = nn.MultiheadAttention(dim, heads, bias=True, batch_first=True,
+                                dropout=attn_drop).to(device)
+    timm = TimmAttention(dim, heads, qkv_bias=True, attn_drop=attn_drop).to(device)
     with torch.no_grad():
         mha.in_proj_weight.copy_(ours.qkv.weight)  # rows q, k, v in all three
         mha.in_proj_bias.copy_(ours.qkv.bias)
@@ -98,9 +102,9 @@ def equalised_modules(dim, heads, device):
     return ours, mha, timm
 
 
-def bench_modules(name, B, L, dim, heads, causal, reps, warmup, device):
+def bench_modules(name, B, L, dim, heads, causal, reps, warmup, device, attn_drop=0.0):
     torch.manual_seed(0)
-    ours, mha, timm = equalised_modules(dim, heads, device)
+    ours, mha, timm = equalised_modules(dim, heads, device, attn_drop)
     x = torch.randn(B, L, dim, device=device, requires_grad=True)
     mha_mask = ~causal_mask(L, device=device) if causal else None  # MHA: True = blocked
     calls = {
@@ -109,16 +113,20 @@ def bench_modules(name, B, L, dim, heads, causal, reps, warmup, device):
                                  need_weights=False)[0],
         "timm": lambda: timm(x, is_causal=causal),
     }
-    with torch.no_grad():
+    with torch.no_grad():  # eval mode: no dropout, so the outputs must agree
+        for m in (ours, mha, timm):
+            m.eval()
         ref = calls["mmtx"]()
         diffs = {k: (f() - ref).abs().max().item() for k, f in calls.items() if k != "mmtx"}
+        for m in (ours, mha, timm):
+            m.train()
 
     def fwd_bwd(f):
         return lambda: f().sum().backward()
 
     t = time_side_by_side({k: fwd_bwd(f) for k, f in calls.items()}, reps, warmup, device)
     return {"case": name, "B": B, "L": L, "dim": dim, "heads": heads, "causal": causal,
-            "median_ms": {k: v * 1e3 for k, v in t.items()},
+            "attn_drop": attn_drop, "median_ms": {k: v * 1e3 for k, v in t.items()},
             "ratio_vs_mmtx": {k: v / t["mmtx"] for k, v in t.items()},
             "max_abs_diff_vs_mmtx": diffs}
 
@@ -170,8 +178,11 @@ def main(argv=None):
 
     print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads)")
     modules = [bench_modules("vit_s", 8, 256, 384, 6, False, reps, warmup, device),
-               bench_modules("decoder", 8, 256, 512, 8, True, reps, warmup, device)]
-    print(f"\nforward+backward, median ms (ratio to mmtx), reps={reps}")
+               bench_modules("decoder", 8, 256, 512, 8, True, reps, warmup, device),
+               bench_modules("cct_drop", 64, 64, 32, 2, False, reps, warmup, device, 0.1),
+               bench_modules("vit_s_drop", 8, 256, 384, 6, False, reps, warmup, device, 0.1)]
+    print(f"\nforward+backward, median ms (ratio to mmtx), reps={reps}; *_drop: attention "
+          f"dropout 0.1")
     print(f"{'case':<10}{'mmtx':>10}{'torch_mha':>20}{'timm':>20}")
     for r in modules:
         m, rat = r["median_ms"], r["ratio_vs_mmtx"]
