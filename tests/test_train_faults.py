@@ -203,3 +203,25 @@ def test_a_second_writer_is_refused_at_once_until_the_first_dies(tmp_path):
             proc.kill()
     result = train(tiny_config(max_steps=4), run_dir=tmp_path, data=splits(), resume="auto")
     assert result["steps"] == 4
+
+
+def test_resume_with_other_hyperparameters_is_refused_naming_the_keys(tmp_path):
+    cfg = tiny_config(max_steps=4, checkpoint_every=2, eval_every=0)
+    train(cfg, run_dir=tmp_path, data=splits())
+    saved = (tmp_path / "config.yaml").read_text()
+    changed = tiny_config(max_steps=4, checkpoint_every=2, eval_every=0)
+    changed["optim"]["lr"] = 0.5
+    changed["model"]["args"] = {"hidden": 64}
+    with pytest.raises(ValueError, match=r"resume: model.args.hidden None -> 64, optim.lr "
+                                         r"0.003 -> 0.5 differ from the run's .*config.yaml"):
+        train(changed, run_dir=tmp_path, data=splits(), resume=True)
+    assert (tmp_path / "config.yaml").read_text() == saved  # still describes the checkpoints
+
+    # when, how often and where it logs, evaluates and saves may change; the run records it
+    quiet = tiny_config(max_steps=4, checkpoint_every=2, eval_every=0, log_every=1)
+    quiet["logging"]["project"] = "other"
+    result = train(quiet, run_dir=tmp_path, data=splits(), resume=True)
+    assert result["config_changes"] == [
+        {"step": 4, "key": "logging.project", "from": "mmtx", "to": "other"},
+        {"step": 4, "key": "train.log_every", "from": 2, "to": 1}]
+    assert "log_every: 1" in (tmp_path / "config.yaml").read_text()

@@ -345,6 +345,32 @@ def validate(config: Config) -> None:
         raise ValueError(f"data.fraction: expected in (0, 1], got {d.fraction}")
 
 
+# What a resumed run may change: when it logs, evaluates and saves, and how it loads data or
+# evaluation batches. None of these changes what is trained; any other change is refused on
+# resume (the checkpoint's optimizer and schedule would go on under other settings).
+RESUMABLE = ("logging.", "train.eval_every", "train.log_every", "train.checkpoint_every",
+             "train.keep_last", "train.threads", "data.num_workers", "data.eval_batch_size")
+
+
+def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old value, new value)} for each setting that differs, keys inside the
+    free-form args included (a missing one is None). train.resume is left out: it says how
+    this session starts, not what the run is."""
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and k != "train.resume"}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_from_dict(data: dict | None) -> Config:
     config = Config()
     merge_dataclass(config, data or {})

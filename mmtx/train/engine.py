@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..models.registry import create_model
 from . import checkpoint as ckpt
-from .config import Config, load_config
+from .config import RESUMABLE, Config, config_changes, load_config
 from .data import build_datasets, make_loader
 from .loggers import RunLogger, new_run_id, wandb_available, wandb_mode
 from .optim import build_optimizer, build_scheduler
@@ -175,13 +175,32 @@ class Trainer:
             for stale in ckpt.checkpoints_dir(self.run_dir).glob(".tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
         if latest is not None and mode in (True, "auto"):
+            changes = self._changes_on_resume()
             state.update(ckpt.load_checkpoint(self.accelerator, latest, ema=self.ema))
             state["resumed_from"] = state["step"]
+            state["config_changes"] = state.get("config_changes", []) + [
+                {"step": state["step"], "key": k, "from": a, "to": b} for k, (a, b) in changes]
             if self.main:
-                print(f"resuming from {latest} (step {state['step']})")
+                print(f"resuming from {latest} (step {state['step']})" + "".join(
+                    f"; {k} changed from {a!r} to {b!r}" for k, (a, b) in changes))
         if self.cfg.logging.wandb and not state["wandb_run_id"]:
             state["wandb_run_id"] = new_run_id()
         return state
+
+    def _changes_on_resume(self) -> list[tuple[str, tuple]]:
+        """The settings changed since the run's config.yaml, all of them RESUMABLE; any other
+        change is a ValueError naming each differing key."""
+        saved = self.run_dir / "config.yaml"
+        if not saved.is_file():
+            return []
+        changes = config_changes(load_config(saved), self.cfg)
+        refused = {k: v for k, v in changes.items() if not k.startswith(RESUMABLE)}
+        if refused:
+            raise ValueError(
+                f"resume: {', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in refused.items())} "
+                f"differ from the run's {saved}; resume with its values, or train into another "
+                f"run_dir (a resume may change only {', '.join(RESUMABLE)})")
+        return list(changes.items())
 
     def _save(self, state: dict) -> Path:
         # Never let a checkpoint hold non-finite weights: it would become "the last good one".
@@ -409,6 +428,7 @@ class Trainer:
             f"train_{unit}_per_s": state["items"] / state["train_s"] if state["train_s"] else None,
             "train_s": state["train_s"], "wall_s": time.perf_counter() - t0,
             "resumed_from": state["resumed_from"], "ema": self.ema is not None,
+            "config_changes": state.get("config_changes", []),  # allowed changes on resume
             "run_dir": str(self.run_dir), "wandb_run_id": state["wandb_run_id"],
         }
         summary.update({k: v for k, v in last_metrics.items() if k.startswith("train/")})
