@@ -111,3 +111,34 @@ def test_hard_negatives_need_foils_in_the_data(tmp_path):
     with pytest.raises(ValueError, match="set data.args.return_foils"):
         train(cfg, tmp_path / "clip")
     assert torch.get_num_threads() == 1
+
+
+def test_converse_says_the_same_scene_from_the_other_object():
+    from mmtx.data import ShapesDataset
+    from mmtx.data.scene_text import converse, describe_scene, spatial
+
+    assert converse("a large cyan cross to the right of a large yellow diamond") == \
+        "a large yellow diamond to the left of a large cyan cross"
+    assert converse("two shapes: a small red star above a big blue circle") == \
+        "two shapes: a big blue circle below a small red star"
+    assert converse("a red circle") is None
+    assert converse("a red star above a blue circle, and a green cross below the circle") is None
+    # On real scenes the converse is the caption of the same objects listed the other way round
+    ds = ShapesDataset(num_samples=50, task="caption", image_size=32)
+    for i in range(50):
+        objects = ds.scene(i)
+        swapped = [objects[1], objects[0]]
+        assert spatial(objects[1], objects[0]) in describe_scene(swapped, "caption").text()
+        assert converse(ds[i]["caption"]) == describe_scene(swapped, "caption").text()
+
+
+def test_exact_match_accepts_either_reading_of_a_two_object_caption():
+    from mmtx.train.tasks.captioning import closest_reading
+
+    true = "a small red circle above a large blue square"
+    other = "a large blue square below a small red circle"
+    assert closest_reading(other, true) == other  # the prediction is one true reading
+    assert closest_reading(true, true) == true
+    # a wrong caption is scored against the reading it is closest to, and is not exact
+    wrong = "a large blue square above a small red circle"
+    assert closest_reading(wrong, true) == other and wrong != other

@@ -80,6 +80,20 @@ class SceneText:
         return text
 
 
+def converse(caption: str) -> str | None:
+    """The same two-object caption said from the other object ("A to the left of B" -> "B to
+    the right of A"): just as true of the image. None for a caption without exactly one
+    relation between two phrases (one object, or further clauses)."""
+    if ", and " in caption:
+        return None
+    for relation in sorted(SPATIAL, key=len, reverse=True):
+        head, sep, obj = caption.partition(f" {relation} ")
+        if sep:
+            prefix, colon, subject = head.rpartition(": ")
+            return f"{prefix}{colon}{obj} {OPPOSITE[relation]} {subject}"
+    return None
+
+
 def _objects(scene) -> list:
     """Objects from a list of Obj / attribute dicts, or from an item's "attributes" dict."""
     if isinstance(scene, dict):

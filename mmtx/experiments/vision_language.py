@@ -8,9 +8,9 @@ and steps on two-object shapes scenes. On held-out scenes the report gives:
 - binding and order tests in the style of ARO: each test image's true caption against each
   kind of foil (colours swapped, objects swapped, relation reversed); a model is right when it
   prefers the true caption (CLIP: cosine similarity; captioner: log-likelihood). Chance 50%;
-- the captioner's grounding: for each colour or shape word it generates correctly, whether its
-  cross-attention peak (last layer, heads averaged) falls on the object the word names (the
-  pointing game), beside a random patch's chance.
+- the captioner's grounding: for each colour or shape word of an object it names correctly
+  (size, colour and shape), whether its cross-attention peak (last layer, heads averaged)
+  falls on that object (the pointing game), beside a random patch's chance.
 """
 
 from __future__ import annotations
@@ -113,12 +113,19 @@ def _pointing(model, tokenizer, batch) -> tuple[int, int, float]:
     word_maps, word_masks = [], []
     for b, text in enumerate(captions):
         words, objects = text.split(), batch["objects"][b]
-        # "a SIZE COLOUR SHAPE <relation> a SIZE COLOUR SHAPE": object 0, then object 1
-        for pos, obj, attr in ((2, 0, "colour"), (3, 0, "shape"),
-                               (len(words) - 2, 1, "colour"), (len(words) - 1, 1, "shape")):
-            if len(words) >= 8 and 0 <= pos < maps.shape[1] and words[pos] == objects[obj][attr]:
-                word_maps.append(maps[b, pos])
-                word_masks.append(batch["masks"][b][obj])
+        if len(words) < 8:
+            continue
+        # "a SIZE COLOUR SHAPE <relation> a SIZE COLOUR SHAPE", either object first: each
+        # phrase's colour and shape words point at the one object the whole phrase names.
+        for start in (1, len(words) - 3):
+            named = [i for i, o in enumerate(objects[:2])
+                     if [o["size"], o["colour"], o["shape"]] == words[start:start + 3]]
+            if len(named) != 1:  # wrong, or both objects look alike: no object to point at
+                continue
+            for pos in (start + 1, start + 2):
+                if pos < maps.shape[1]:
+                    word_maps.append(maps[b, pos])
+                    word_masks.append(batch["masks"][b][named[0]])
     if not word_maps:
         return 0, 0, 0.0
     hit, base = pointing_game(torch.stack(word_maps), torch.stack(word_masks))

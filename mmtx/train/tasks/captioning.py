@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ...data import CaptionCollate, ShapesDataset, WordTokenizer, shapes_vocabulary
 from ...data.render import COLOURS, SHAPES
+from ...data.scene_text import converse
 from .base import Task, image_kwargs, register_task
 
 # The words whose accuracy says whether the captioner read the scene (not its grammar).
@@ -101,7 +102,7 @@ class CaptioningTask(Task):
         from torchmetrics.text import BLEUScore  # imported here: it takes seconds to import
 
         preds = [self._text(r) for r in outputs["pred"].tolist()]
-        trues = [self._text(r) for r in outputs["true"].tolist()]
+        trues = [closest_reading(p, self._text(t)) for p, t in zip(preds, outputs["true"].tolist())]
         n = len(trues)
         tokens = outputs["tokens"].sum().clamp(min=1)
         out = {"loss": float(outputs["nll"].sum() / tokens), "count": n,
@@ -128,6 +129,21 @@ class CaptioningTask(Task):
                           [[c["pred"], c["true"]] for c in test["captions"]], step)
         self.tokenizer.save(run_dir / "tokenizer.json")  # `mmtx caption` reads it back
         return {}
+
+
+def closest_reading(pred: str, true: str) -> str:
+    """Of the true caption's readings, the one `pred` is scored against. A two-object caption
+    has two ("A to the left of B", "B to the right of A"); the reference names object 0 first,
+    which nothing in the image shows, so a prediction is compared with the reading that shares
+    the most words with it at the same positions."""
+    other = converse(true)
+    if other is None:
+        return true
+
+    def same(reading: str) -> int:
+        return sum(a == b for a, b in zip(pred.split(), reading.split()))
+
+    return other if same(other) > same(true) else true
 
 
 def attribute_word_accuracy(preds: list[str], trues: list[str]) -> dict[str, float]:
