@@ -225,3 +225,40 @@ def test_resume_with_other_hyperparameters_is_refused_naming_the_keys(tmp_path):
         {"step": 4, "key": "logging.project", "from": "mmtx", "to": "other"},
         {"step": 4, "key": "train.log_every", "from": 2, "to": 1}]
     assert "log_every: 1" in (tmp_path / "config.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    run = tmp_path_factory.mktemp("two_checkpoints")
+    train(tiny_config(max_steps=4, checkpoint_every=2, eval_every=0), run_dir=run, data=splits())
+    return run
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("model.safetensors", _truncate),
+    ("model.safetensors", lambda p: p.write_bytes(bytes(range(256)) * 8)),
+    ("model.safetensors", lambda p: p.write_bytes(b"")),
+    ("optimizer.bin", _truncate),
+    ("scheduler.bin", _truncate),
+    ("train_state.json", _truncate),
+])
+def test_a_corrupt_checkpoint_names_its_file_and_the_older_one(two_checkpoints, tmp_path, name,
+                                                               damage):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    newest, older = run / "checkpoints" / "step_00000004", run / "checkpoints" / "step_00000002"
+    damage(newest / name)
+    cfg = tiny_config(max_steps=4, checkpoint_every=2, eval_every=0)
+    with pytest.raises(ValueError, match=rf"checkpoint '{newest}': {name} is unreadable \(.+\); "
+                                         rf"an older checkpoint exists: {older} \(move "
+                                         rf"step_00000004 out of .* to resume from it\)"):
+        train(cfg, run_dir=run, data=splits(), resume=True)
+    if name == "optimizer.bin":  # the hint holds: without the damaged one, the run resumes
+        shutil.move(newest, tmp_path / "damaged")
+        assert train(cfg, run_dir=run, data=splits(), resume=True)["resumed_from"] == 2

@@ -110,22 +110,55 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, *,
 
 
 def load_checkpoint(accelerator, path: str | Path, *, ema=None) -> dict:
-    """Restore model, optimizer, scheduler, RNG (and EMA) from `path`; return our state dict."""
+    """Restore model, optimizer, scheduler, RNG (and EMA) from `path`; return our state dict.
+    A file that does not load is a ValueError naming it and the older checkpoint, if any."""
     path = Path(path)
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} is incomplete: no {STATE_FILE}")
     try:
+        state = json.loads(state_file.read_text())
+    except ValueError as e:  # JSON or UTF-8 decoding
+        raise _unreadable(path, state_file, e) from None
+    try:
         accelerator.load_state(str(path))
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"checkpoint {str(path)!r}: refused to load a file that is not plain tensors "
-            f"(torch.load with weights_only=True rejected it; it may be malicious): {e}") from None
-    if ema is not None:
-        ema_file = path / "ema.safetensors"
-        if ema_file.is_file():
-            ema.module.load_state_dict(load_file(str(ema_file), device="cpu"))
-    return json.loads(state_file.read_text())
+        if ema is not None and (path / "ema.safetensors").is_file():
+            ema.module.load_state_dict(load_file(str(path / "ema.safetensors"), device="cpu"))
+    except Exception as e:
+        # Which file failed is not in the error; look at each on its own (only on this path).
+        file, reason = _first_bad_file(path) or (None, e)
+        if isinstance(reason, pickle.UnpicklingError):
+            reason = ("refused to load a file that is not plain tensors (torch.load with "
+                      "weights_only=True rejected it; it may be malicious)")
+        raise _unreadable(path, file, reason) from None
+    return state
+
+
+def _first_bad_file(path: Path) -> tuple[Path, Exception] | None:
+    """The first weights or state file in checkpoint `path` that does not load, and why."""
+    from accelerate.utils import load  # torch.load(weights_only=True) + numpy's RNG types
+
+    for file in sorted(path.iterdir()):
+        try:
+            if file.suffix == ".safetensors":
+                load_file(str(file))
+            elif file.suffix in (".bin", ".pkl"):
+                load(file)
+        except Exception as e:
+            return file, e
+    return None
+
+
+def _unreadable(path: Path, file: Path | None, reason) -> ValueError:
+    reason = str(reason).strip().splitlines()[0][:200] if str(reason).strip() else \
+        type(reason).__name__
+    what = f"{file.name} is unreadable" if file is not None else "does not load"
+    run_dir = path.parent.parent
+    older = [p for _, p in list_checkpoints(run_dir) if p.name < path.name]  # names sort by step
+    hint = (f"; an older checkpoint exists: {older[-1]} (move {path.name} out of "
+            f"{path.parent} to resume from it)" if older else
+            "; there is no older checkpoint: train into a new run_dir")
+    return ValueError(f"checkpoint {str(path)!r}: {what} ({reason}){hint}")
 
 
 def _contiguous(state_dict: dict) -> dict:

@@ -345,11 +345,13 @@ def validate(config: Config) -> None:
         raise ValueError(f"data.fraction: expected in (0, 1], got {d.fraction}")
 
 
-# What a resumed run may change: when it logs, evaluates and saves, and how it loads data or
-# evaluation batches. None of these changes what is trained; any other change is refused on
-# resume (the checkpoint's optimizer and schedule would go on under other settings).
+# What a resumed run may change: when it logs, evaluates and saves, how it loads data or
+# evaluation batches, and how long it trains (to train further: the lr schedule then spans the
+# new length from the step resumed). Any other change is refused on resume: the checkpoint's
+# optimizer and schedule would go on under settings other than the ones config.yaml shows.
 RESUMABLE = ("logging.", "train.eval_every", "train.log_every", "train.checkpoint_every",
-             "train.keep_last", "train.threads", "data.num_workers", "data.eval_batch_size")
+             "train.keep_last", "train.threads", "data.num_workers", "data.eval_batch_size",
+             "train.max_steps", "train.epochs")
 
 
 def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
