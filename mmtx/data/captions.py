@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from .base import SPLITS, load_rgb
+from .base import SPLITS, load_rgb, read_utf8
 from .transforms import STATS, build_transforms
 from .vision import bad_file_error, check_images
 
@@ -34,32 +34,31 @@ SPLIT_SEED = 0
 def read_captions(path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     """Parse a captions.jsonl: ([{"image", "caption", "label"?, "line"}], [(where, reason)])."""
     rows, errors = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append((where, f"not valid JSON ({e.msg})"))
-                continue
-            if not isinstance(obj, dict):
-                errors.append((where, f"expected a JSON object, got {type(obj).__name__}"))
-                continue
-            missing = [k for k in ("image", "caption") if k not in obj]
-            if missing:
-                errors.append((where, f"missing key(s) {missing}; expected 'image' and 'caption'"
-                                      f", got {sorted(obj)}"))
-                continue
-            if not isinstance(obj["image"], str) or not obj["image"].strip():
-                errors.append((where, f"'image' must be a non-empty path, got {obj['image']!r}"))
-                continue
-            if not isinstance(obj["caption"], str) or not obj["caption"].strip():
-                errors.append((where, f"empty caption for {obj['image']!r}"))
-                continue
-            rows.append({"image": obj["image"], "caption": obj["caption"].strip(),
-                         "label": obj.get("label"), "line": lineno})
+    for lineno, line in enumerate(read_utf8(path, "captions").split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append((where, f"not valid JSON ({e.msg})"))
+            continue
+        if not isinstance(obj, dict):
+            errors.append((where, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        missing = [k for k in ("image", "caption") if k not in obj]
+        if missing:
+            errors.append((where, f"missing key(s) {missing}; expected 'image' and 'caption'"
+                                  f", got {sorted(obj)}"))
+            continue
+        if not isinstance(obj["image"], str) or not obj["image"].strip():
+            errors.append((where, f"'image' must be a non-empty path, got {obj['image']!r}"))
+            continue
+        if not isinstance(obj["caption"], str) or not obj["caption"].strip():
+            errors.append((where, f"empty caption for {obj['image']!r}"))
+            continue
+        rows.append({"image": obj["image"], "caption": obj["caption"].strip(),
+                     "label": obj.get("label"), "line": lineno})
     return rows, errors
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .base import check_split
+from .base import check_split, read_utf8
 from .tokenizers import ByteTokenizer, WordTokenizer
 
 _COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -93,7 +93,7 @@ class TextLMDataset(Dataset):
         if path is not None:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"path: text file not found: {path}")
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_utf8(path, "path: text file")
         else:
             text = "\n".join(toy_sentences(num_sentences, corpus_seed))
         self.tokenizer = WordTokenizer.from_texts(text.splitlines()) if level == "word" \

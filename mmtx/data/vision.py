@@ -149,6 +149,9 @@ class ImageFolderDataset(Dataset):
             base = ImageFolder(str(folder), is_valid_file=_not_hidden)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"root: {folder}: {e}") from None
+        if len(base.classes) < 2:  # every label the same: any model scores 100%
+            raise ValueError(f"root: {folder} has {len(base.classes)} class folder(s) "
+                             f"{base.classes}; expected at least 2 (root/<class>/<image>)")
         samples = base.samples
         if carve is not None:
             keep = stratified_split([t for _, t in samples], carve, seed=SPLIT_SEED)[split]

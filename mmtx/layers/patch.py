@@ -13,6 +13,9 @@ def _to_2tuple(x) -> tuple[int, int]:
 def _check_images(images: torch.Tensor, patch: tuple[int, int], channels: int | None = None):
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if not images.is_floating_point():  # e.g. uint8 pixels straight from a file
+        raise ValueError(f"images must be a float tensor (normalised as in training), got "
+                         f"{images.dtype}")
     _, c, h, w = images.shape
     if channels is not None and c != channels:
         raise ValueError(f"images must have {channels} channels, got {c} "

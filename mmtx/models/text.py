@@ -66,9 +66,10 @@ class TextEmbedding(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
 
-    def check(self, ids: torch.Tensor, length: int | None = None) -> None:
-        check_ids(ids, self.vocab_size)
-        length = ids.shape[1] if length is None else length
+    def check(self, ids: torch.Tensor, extra: int = 0) -> None:
+        """ids (B, L) in range, and L + `extra` (tokens cached or still to come) positions."""
+        check_ids(ids, self.vocab_size)  # first: a 1-D `ids` has no length to read
+        length = ids.shape[1] + extra
         if self.pos_kind != "rope" and length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds the position table "
                              f"(max_len={self.max_len})")
@@ -272,7 +273,7 @@ class TextDecoder(nn.Module):
 
     def forward(self, ids, attention_mask=None, positions=None, cache=None, context=None,
                 context_mask=None):
-        self.embed.check(ids, ids.shape[1] + (cache[0].length if cache else 0))
+        self.embed.check(ids, extra=cache[0].length if cache else 0)
         self._check_context(context, ids.shape[0])
         return self.lm_head(self.forward_features(ids, attention_mask, positions, cache,
                                                   context, context_mask))
@@ -306,7 +307,10 @@ class TextDecoder(nn.Module):
         if beam_width > 1 and (top_k is not None or top_p is not None):
             raise ValueError("top_k / top_p are for sampling; beam search (beam_width > 1) "
                              "takes neither")
-        self.embed.check(ids, ids.shape[1] + max_new_tokens)
+        self.embed.check(ids, extra=max_new_tokens)
+        if ids.shape[1] == 0:
+            raise ValueError("ids: expected a prompt of at least one token (e.g. bos) per row, "
+                             f"got an empty one, shape {tuple(ids.shape)}")
         self._check_context(context, ids.shape[0])
         if attention_mask is not None:
             if attention_mask.shape != ids.shape:
@@ -370,7 +374,7 @@ class Seq2Seq(nn.Module):
         _init_text(self)  # plain N(0, 0.02) everywhere, the decoder included
 
     def encode(self, src, src_mask=None):
-        self.src_embed.check(src, src.shape[1])
+        self.src_embed.check(src)
         return self.encoder(self.src_embed(src), mask=key_mask(src_mask), rope=self.rope)
 
     def decode(self, tgt, memory, src_mask=None, cache=None, offset: int = 0):

@@ -18,6 +18,8 @@ from typing import Any, Union  # Union: matched at runtime in _coerce
 
 import yaml
 
+from ..data.base import read_utf8
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
@@ -399,11 +401,9 @@ def read_yaml(path: str | Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no such YAML file {str(path)!r}")
+    text = read_utf8(path, what)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {str(path)!r}: not UTF-8 text (byte {e.start} is "
-                         f"{e.object[e.start]:#04x})") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
