@@ -170,7 +170,8 @@ def _in_workers(todo: list[tuple[int, Job]], workers: int, progress: Progress, d
     def on_signal(signum, frame):
         stop.append(signum)
         for child in multiprocessing.active_children():  # the workers
-            os.kill(child.pid, signal.SIGINT)  # the run saves a checkpoint, then stops
+            with contextlib.suppress(ProcessLookupError):  # one may have just ended
+                os.kill(child.pid, signal.SIGINT)  # its run saves a checkpoint, then stops
 
     queue, stopped = list(todo), 0
     ctx = multiprocessing.get_context("spawn")  # no forked copies of threads or CUDA state

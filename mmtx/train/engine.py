@@ -199,7 +199,8 @@ class Trainer:
             raise ValueError(
                 f"resume: {', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in refused.items())} "
                 f"differ from the run's {saved}; resume with its values, or train into another "
-                f"run_dir (a resume may change only {', '.join(RESUMABLE)})")
+                f"run_dir (a resume may change only "
+                f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE)})")
         return list(changes.items())
 
     def _save(self, state: dict) -> Path:
