@@ -14,11 +14,15 @@ RESULT = "result.json"
 
 
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically: a crash never leaves half a file."""
+    """Write JSON atomically and durably: a crash, even of the machine, never leaves half a
+    file (the data reaches the disk before the rename makes it visible)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
 
 
