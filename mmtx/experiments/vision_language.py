@@ -42,7 +42,8 @@ class VLSpec:
     name: str = ""
     description: str = ""
     base: dict = field(default_factory=dict)  # training config shared by every model
-    models: list[dict] = field(default_factory=list)  # {label, name, task, args, task_args}
+    models: list[dict] = field(default_factory=list)  # {label, name, task, args, task_args,
+    #                                                    data_args (merged into base's)}
     jobs: int = 1
     eval: VLEval = field(default_factory=VLEval)
     targets: dict = field(default_factory=dict)  # caption_exact, foil, pointing_ratio
@@ -62,6 +63,9 @@ def _run_config(spec: VLSpec, m: dict) -> dict:
     cfg = copy.deepcopy(spec.base)
     cfg["model"] = {"name": m["name"], "args": dict(m.get("args") or {})}
     cfg["task"] = {"name": m["task"], "args": dict(m.get("task_args") or {})}
+    if m.get("data_args"):  # e.g. foil captions only for the model that trains on them
+        data = cfg.setdefault("data", {})
+        data["args"] = {**(data.get("args") or {}), **m["data_args"]}
     cfg.setdefault("logging", {}).update(group=spec.name, name=f"{spec.name}/{m['label']}")
     if spec.jobs > 1:  # runs side by side: the experiment's progress lines, no per-run bars
         cfg["logging"]["progress"] = False
