@@ -95,3 +95,6 @@ def test_integer_images_are_refused_naming_the_dtype():
     model = create_model("captioner_tiny_patch4_32").eval()
     with pytest.raises(ValueError, match=r"images must be a float tensor .*got torch.uint8"):
         model.caption(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), max_new_tokens=2)
+    for name in ("convnet_small", "resnet18_small"):  # the CNNs say the same
+        with pytest.raises(ValueError, match=r"images must be a float tensor .*got torch.uint8"):
+            create_model(name, num_classes=3)(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))

@@ -19,6 +19,9 @@ from .registry import register_model, register_prefix
 def _check_channels(images: torch.Tensor, in_chans: int) -> None:
     if images.dim() != 4 or images.shape[1] != in_chans:
         raise ValueError(f"images must be (B, {in_chans}, H, W), got shape {tuple(images.shape)}")
+    if not images.is_floating_point():  # e.g. uint8 pixels straight from a file
+        raise ValueError(f"images must be a float tensor (normalised as in training), got "
+                         f"{images.dtype}")
 
 
 @functools.cache
