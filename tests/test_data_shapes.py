@@ -191,3 +191,11 @@ def test_collate_can_keep_only_the_keys_a_task_reads():
     assert set(batch) == {"image", "label"} and batch["image"].shape == (4, 3, 16, 16)
     with pytest.raises(ValueError, match="item 0 has no \\['mask'\\]"):
         collate([ds[0]], keys=("image", "mask"))
+
+
+def test_num_samples_per_split():
+    sizes = {"train": 40, "test": 7}
+    assert [len(ShapesDataset(num_samples=sizes, split=s)) for s in ("train", "val", "test")] \
+        == [40, 1000, 7]  # val keeps its default
+    with pytest.raises(ValueError, match=r"num_samples: keys must be splits .*\['trian'\]"):
+        ShapesDataset(num_samples={"trian": 5})

@@ -119,7 +119,8 @@ class ShapesDataset(Dataset):
     """Captioned shape scenes; items are dicts with image, label, caption and attributes.
 
     Args:
-        num_samples: items in this split (default 10,000 train, 1,000 val, 2,000 test).
+        num_samples: items in this split (default 10,000 train, 1,000 val, 2,000 test), or a
+            dict per split ({"train": 40000}: the other splits keep their defaults).
         image_size: side in pixels (square images, 3 channels).
         split: "train", "val" or "test"; each split has its own random streams.
         seed: dataset seed; (seed, split, index) fixes an item.
@@ -160,6 +161,12 @@ class ShapesDataset(Dataset):
             raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
         if split not in SPLITS:
             raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        if isinstance(num_samples, dict):  # per split, e.g. {"train": 40000}; others default
+            unknown = sorted(set(num_samples) - set(SPLITS))
+            if unknown:
+                raise ValueError(f"num_samples: keys must be splits ({', '.join(SPLITS)}), got "
+                                 f"{unknown}")
+            num_samples = num_samples.get(split)
         if num_samples is None:
             num_samples = DEFAULT_NUM_SAMPLES[split]
         if int(num_samples) < 1:
