@@ -288,17 +288,22 @@ def _plots(spec: RelationSpec, results: list[dict], rows: list[dict], out: Path)
         plot_learning_curves(curves, out / "learning_curves.png")
 
 
-def verdict(spec: RelationSpec, rows: list[dict]) -> list[str]:
+def verdict(spec: RelationSpec, rows: list[dict], attention: dict | None = None) -> list[str]:
     """Plain sentences on each part of the claim, from the far-band numbers."""
     far, target = spec.report.far_band, spec.report.target
+
+    near = next(iter(spec.bands))
 
     def state(r):
         acc = r[far][0]
         if acc >= target:
-            return f"learned far pairs ({100 * acc:.1f}%)"
-        if acc >= 0.6:
-            return f"above chance on far pairs but short of {100 * target:g}% ({100 * acc:.1f}%)"
-        return f"stayed at chance on far pairs ({100 * acc:.1f}%)"
+            what = f"learned far pairs ({100 * acc:.1f}%)"
+        elif acc >= 0.6:
+            what = f"was above chance on far pairs but short of {100 * target:g}% " \
+                   f"({100 * acc:.1f}%)"
+        else:
+            what = f"stayed at chance on far pairs ({100 * acc:.1f}%)"
+        return what + f"; {near} pairs {100 * r[near][0]:.1f}%"
 
     lines = []
     cnns = [r for r in rows if r["receptive_field"] is not None]
@@ -314,10 +319,15 @@ def verdict(spec: RelationSpec, rows: list[dict]) -> list[str]:
     for r in attn:
         lines.append(f"- Attention model {r['model']} {state(r)}.")
     ok = lambda rs: any(r[far][0] >= target for r in rs)  # noqa: E731
-    claim = []
+    claim, notes = [], []
     if small:
+        # distance-specific only if near pairs do clearly better than far ones
+        gap = max(r[near][0] - r[far][0] for r in small)
         claim.append("a CNN whose units do not see the whole image fails on far pairs: " +
-                     ("held" if not ok(small) else "did NOT hold"))
+                     ("did NOT hold" if ok(small) else
+                      "held, and it does clearly better on near pairs" if gap >= 0.05 else
+                      f"held, but it does about as badly on near pairs (largest near - far gap "
+                      f"{100 * gap:.1f} points): the shortfall is not a matter of distance"))
     if whole:
         claim.append("a CNN needs a whole-image receptive field, and with one it relates far "
                      "objects: " + ("held" if ok(whole) and not ok(small) else
@@ -326,7 +336,14 @@ def verdict(spec: RelationSpec, rows: list[dict]) -> list[str]:
     if attn:
         claim.append("self-attention relates far objects within the same budget: " +
                      ("held" if ok(attn) else "did NOT hold on this data and budget"))
-    return lines + [""] + [f"- Claim: {c}." for c in claim]
+        if (attention and "skipped" not in attention and not ok(attn) and
+                attention["both_by_rollout"] >= attention["both_by_random_patches"] + 0.2):
+            notes.append(
+                "the ViT's attention reaches both objects (its top patches cover both in "
+                f"{100 * attention['both_by_rollout']:.1f}% of far pairs, random patches in "
+                f"{100 * attention['both_by_random_patches']:.1f}%), yet it did not learn to "
+                "compare them")
+    return lines + [""] + [f"- Claim: {c}." for c in claim] + [f"- Note: {n}." for n in notes]
 
 
 def write_relation_report(spec: RelationSpec, results: list[dict], out: Path) -> str:
@@ -371,7 +388,7 @@ def write_relation_report(spec: RelationSpec, results: list[dict], out: Path) ->
                f"{att['top_patches']} random patches would in "
                f"{100 * att['both_by_random_patches']:.1f}%.", "",
                "![ViT attention](vit_attention.png)", ""]
-    md += ["## What held", "", *verdict(spec, rows), ""]
+    md += ["## What held", "", *verdict(spec, rows, att), ""]
     write_report(out, title=spec.name, description=spec.description, sections=md,
                  results={"experiment": spec.name, "description": spec.description,
                           "bands": spec.bands, "runs": results,
