@@ -24,6 +24,19 @@ def _check_channels(images: torch.Tensor, in_chans: int) -> None:
                          f"{images.dtype}")
 
 
+def _init_conv_weights(model: nn.Module) -> None:
+    """Kaiming (fan-out, ReLU) convs as torchvision's ResNet; BN at identity; small head."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+
 @functools.cache
 def _small_resnet_class() -> type:
     """SmallResNet subclasses torchvision's ResNet; it is built on first use so that importing
@@ -97,16 +110,7 @@ class ConvNet(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Kaiming (fan-out, ReLU) convs as torchvision's ResNet; BN at identity; small head."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        _init_conv_weights(self)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         _check_channels(images, self.in_chans)
@@ -197,15 +201,7 @@ class DilatedConvNet(nn.Module):
         """As ConvNet, except each residual block's BN starts at zero: every block begins as
         the identity (Goyal et al. 2017), so the deep dilated stack trains like a shallow one at
         first."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        _init_conv_weights(self)
         for block in self.blocks:
             nn.init.zeros_(block[-1].weight)
 
