@@ -32,6 +32,8 @@ def test_quick_study_writes_report_results_and_figures(finished):
         assert set(r["band_accuracy"]) == {"near", "far"}
         assert all(0.0 <= a <= 1.0 for a in r["band_accuracy"].values())
         assert r["flops"] > 0 and r["params"] > 0 and r["curve"]
+    assert {r["model"]: r["lr"] for r in runs} == {"cnn": 3e-3, "cnn_whole_rf": 3e-3,
+                                                   "vit": 3e-3, "cct": 1e-3}
     rf = {r["model"]: (r["receptive_field"], r["sees_whole_image"]) for r in runs}
     # widths [4, 8]: two stages 3,5,6 | 10,14,16; dilated: 64 px, every unit sees 32 px
     assert rf["cnn"] == (16, False) and rf["cnn_whole_rf"] == (64, True)
@@ -41,8 +43,8 @@ def test_quick_study_writes_report_results_and_figures(finished):
     for key in ("both_by_rollout", "both_by_some_last_layer_head", "both_by_random_patches"):
         assert 0.0 <= att[key] <= 1.0
     report = (out / "report.md").read_text()
-    for text in ("| cnn | 16 |", "64 (whole image)", "global (attention)", "MFLOPs per image",
-                 "## What held", "- Claim:", "patches of 16"):
+    for text in ("| cnn | 16 |", "| 0.001 |", "64 (whole image)", "global (attention)",
+                 "MFLOPs per image", "## What held", "- Claim:", "patches of 16"):
         assert text in report, text
     summary = {r["model"]: r for r in results["summary"]}
     for m in summary.values():  # the report's means are the runs' means
@@ -74,6 +76,8 @@ def test_patch_masks():
     ("models=[]", "'models' must be a non-empty list"),
     ("models=[{name: convnet_small}]", "each model needs 'name' and 'label'"),
     ("seeds=[]", "'seeds' must be a non-empty list"),
+    ("models=[{name: convnet_small, label: a, lr: 1}]", r"model 'a': unknown keys \['lr'\]"),
+    ("models=[{name: convnet_small, label: a, optim: 1}]", "model 'a': optim must be a mapping"),
     ("bands={near: [0.3]}", r"band 'near': expected \[lo, hi\]"),
     ("report.far_band=very_far", "report.far_band 'very_far' is not one of the bands"),
     ("base.data.args.task=shape", "base.data must be shapes with task: relation"),

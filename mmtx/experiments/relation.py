@@ -48,7 +48,7 @@ class RelationSpec:
     name: str = ""
     description: str = ""
     base: dict = field(default_factory=dict)  # the training config every model shares
-    models: list[dict] = field(default_factory=list)  # {name, label, args}
+    models: list[dict] = field(default_factory=list)  # {name, label, args, optim}
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     bands: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_BANDS))
     test_samples: int = 1000  # per band
@@ -63,6 +63,13 @@ def _check(spec: RelationSpec) -> None:
     for m in spec.models:
         if not isinstance(m, dict) or "name" not in m or "label" not in m:
             raise ValueError(f"{spec.name}: each model needs 'name' and 'label', got {m!r}")
+        bad = sorted(set(m) - {"name", "label", "args", "optim"})
+        if bad:
+            raise ValueError(f"{spec.name}: model {m['label']!r}: unknown keys {bad}; valid: "
+                             f"name, label, args, optim")
+        if m.get("optim") is not None and not isinstance(m["optim"], dict):
+            raise ValueError(f"{spec.name}: model {m['label']!r}: optim must be a mapping of "
+                             f"optimiser settings, got {m['optim']!r}")
         labels.append(m["label"])
     if len(set(labels)) != len(labels):
         raise ValueError(f"{spec.name}: model labels repeat: {labels}")
@@ -145,6 +152,8 @@ def train_relation(spec: RelationSpec, model: dict, seed: int, out: Path,
     cfg = copy.deepcopy(spec.base)
     cfg.setdefault("model", {}).update(name=model["name"], args=dict(model.get("args") or {}))
     cfg.setdefault("train", {})["seed"] = seed
+    # a model's own optimiser settings (its learning rate, tuned on val); the rest is shared
+    cfg.setdefault("optim", {}).update(model.get("optim") or {})
     if spec.jobs > 1:  # runs side by side: the experiment's progress lines, no per-run bars
         cfg.setdefault("logging", {})["progress"] = False
     res = train(cfg, run_dir, resume="auto")
@@ -161,6 +170,7 @@ def train_relation(spec: RelationSpec, model: dict, seed: int, out: Path,
         "flops": summary["flops"], "receptive_field": rf,
         "sees_whole_image": None if rf is None else sees_whole_image(rf, side),
         "image_size": side, "steps": res["steps"], "train_s": res["train_s"],
+        "lr": float(cfg["optim"].get("lr", 0.0)),
         "wall_s": res["wall_s"], "curve": _read_curve(run_dir / "metrics.jsonl"),
     }
     if attention:
@@ -236,7 +246,8 @@ def summarize(spec: RelationSpec, results: list[dict]) -> list[dict]:
     rows = []
     for m in spec.models:
         rs = [r for r in results if r["model"] == m["label"]]
-        row = {"model": m["label"], "model_name": m["name"], "seeds": len(rs),
+        lr = {**spec.base.get("optim", {}), **(m.get("optim") or {})}.get("lr")
+        row = {"model": m["label"], "model_name": m["name"], "seeds": len(rs), "lr": lr,
                "params": rs[0]["params"], "flops": rs[0]["flops"],
                "receptive_field": rs[0]["receptive_field"],
                "sees_whole_image": rs[0]["sees_whole_image"],
@@ -252,7 +263,7 @@ def format_table(spec: RelationSpec, rows: list[dict]) -> str:
     def pct(ms):
         return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
 
-    header = ["model", "receptive field (px)", "MFLOPs/img", "params", "val acc (%)",
+    header = ["model", "receptive field (px)", "MFLOPs/img", "params", "lr", "val acc (%)",
               *[f"{b} {spec.bands[b][0]:g}-{spec.bands[b][1]:g} (%)" for b in spec.bands],
               "train s"]
     body = []
@@ -260,6 +271,7 @@ def format_table(spec: RelationSpec, rows: list[dict]) -> str:
         rf = "global (attention)" if r["receptive_field"] is None else (
             f"{r['receptive_field']}" + (" (whole image)" if r["sees_whole_image"] else ""))
         body.append([r["model"], rf, f"{r['flops'] / 1e6:.2f}", human(r["params"]),
+                     "-" if r["lr"] is None else f"{float(r['lr']):g}",
                      pct(r["val_accuracy"]), *[pct(r[b]) for b in spec.bands],
                      f"{r['train_s']:.0f}"])
     return markdown_table(header, body)
