@@ -135,8 +135,11 @@ def test_rnn_vs_transformer_quick_end_to_end(tmp_path, request):
 def test_unknown_kind_lists_the_known_ones(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text("kind: gird\nname: x\n")
-    with pytest.raises(ValueError, match="unknown experiment kind 'gird'; known kinds: grid, "
-                                         "rnn_vs_transformer"):
+    from mmtx.experiments.registry import list_kinds
+
+    assert {"grid", "rnn_vs_transformer", "vision_language"} <= set(list_kinds())
+    with pytest.raises(ValueError, match="unknown experiment kind 'gird'; known kinds: "
+                                         + ", ".join(sorted(list_kinds()))):
         run_experiment(path, tmp_path)
 
 
