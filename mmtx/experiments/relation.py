@@ -307,14 +307,14 @@ def verdict(spec: RelationSpec, rows: list[dict], attention: dict | None = None)
     near = next(iter(spec.bands))
 
     def state(r):
-        acc = r[far][0]
+        acc, std = r[far]
+        got = f"{100 * acc:.1f} ± {100 * std:.1f}%"
         if acc >= target:
-            what = f"learned far pairs ({100 * acc:.1f}%)"
+            what = f"learned far pairs ({got})"
         elif acc >= 0.6:
-            what = f"was above chance on far pairs but short of {100 * target:g}% " \
-                   f"({100 * acc:.1f}%)"
+            what = f"was above chance on far pairs but short of {100 * target:g}% ({got})"
         else:
-            what = f"stayed at chance on far pairs ({100 * acc:.1f}%)"
+            what = f"did not learn far pairs ({got}; chance 50%)"
         return what + f"; {near} pairs {100 * r[near][0]:.1f}%"
 
     lines = []
