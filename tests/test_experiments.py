@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procs import alive, descendants
 
 from mmtx.data import build_dataset
 from mmtx.experiments import grid, list_kinds, load_experiment, run_experiment
@@ -263,29 +264,6 @@ def test_readme_commands_that_switch_the_data_of_the_main_job(tmp_path):
                 build_datasets(cfg.data, 0)
 
 
-def _children(pid: int) -> set[int]:
-    """Every live descendant of `pid` (Linux /proc)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:  # a zombie has finished; its parent (killed) just has not reaped it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_sigkill_of_the_experiment_kills_its_workers(tmp_path):
     import os
@@ -302,14 +280,14 @@ def test_sigkill_of_the_experiment_kills_its_workers(tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline and len(list((tmp_path / "runs").glob("*/config.yaml"))) < 2:
             time.sleep(0.2)  # both workers have started their runs
-        kids = _children(proc.pid)
+        kids = descendants(proc.pid)
         assert len(kids) >= 2, "the experiment never started two workers"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.time() + 5  # the promise: none alive 5 s after the runner died
-        while time.time() < deadline and any(_alive(k) for k in kids):
+        while time.time() < deadline and any(alive(k) for k in kids):
             time.sleep(0.5)
-        assert not [k for k in kids if _alive(k)], "workers left running after SIGKILL"
+        assert not [k for k in kids if alive(k)], "workers left running after SIGKILL"
     finally:
         if proc.poll() is None:
             proc.kill()

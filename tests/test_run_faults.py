@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procs import alive, descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "cnn_vs_vit_quick.yaml"
@@ -72,27 +73,6 @@ def _arm(point: str) -> None:
         "mid_report": lambda: wrap(report, "write_json", after=True,
                                    when=lambda path, obj: Path(path).name == "results.json"),
     }[name]()
-
-
-def _descendants(pid: int) -> set[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:  # a zombie has ended; only its (killed) parent has not reaped it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _fork(argv: list[str], log: Path, kill_at: str | None = None) -> int:
@@ -145,14 +125,14 @@ def _step(step: dict, log: Path) -> dict:
             second = _fork(step["second"], Path(f"{log}.second"))
             out["second"] = {"code": os.waitstatus_to_exitcode(os.waitpid(second, 0)[1]),
                              "stderr": Path(f"{log}.second.err").read_text()}
-        workers = _descendants(pid)
+        workers = descendants(pid)
         os.kill(pid, getattr(signal, step["signal"]))
     out["code"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if "signal" in step:
         end = time.time() + 10
-        while time.time() < end and any(_alive(w) for w in workers):
+        while time.time() < end and any(alive(w) for w in workers):
             time.sleep(0.1)
-        out["workers"], out["left_alive"] = len(workers), [w for w in workers if _alive(w)]
+        out["workers"], out["left_alive"] = len(workers), [w for w in workers if alive(w)]
     out["stderr"] = Path(f"{log}.err").read_text()
     return out
 
