@@ -57,7 +57,7 @@ def _sample(args) -> None:
 
     sample_command(args.run_dir, classes=args.classes, prompts=args.prompts, n=args.n,
                    steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
-                   out=args.out, out_dir=args.out_dir)
+                   out=args.out, out_dir=args.out_dir, vae=args.vae)
 
 
 def _demo(args) -> None:
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="grid.png", help="grid PNG")
     p.add_argument("--out-dir", default=None, help="also one PNG per image here")
+    p.add_argument("--vae", default=None, metavar="PATH",
+                   help="a latent run's AutoencoderKL folder, if moved since training")
     p.set_defaults(fn=_sample)
 
     p = sub.add_parser("demo", help="attention worked example and a heatmap PNG")

@@ -21,8 +21,9 @@ from .train.run import load_run
 from .train.tasks.generation import GenerationTask, save_grid
 
 
-def load_generator(run_dir) -> tuple[torch.nn.Module, GenerationTask, object]:
-    """(model in eval mode, its task with the training data's state restored, config)."""
+def load_generator(run_dir, vae=None) -> tuple[torch.nn.Module, GenerationTask, object]:
+    """(model in eval mode, its task with the training data's state restored, config). `vae`:
+    the AutoencoderKL folder of a latent run, when not where it was at training."""
     run_dir = Path(run_dir)
     model, cfg, task = load_run(run_dir)
     if cfg.task.name != "generation":
@@ -32,7 +33,7 @@ def load_generator(run_dir) -> tuple[torch.nn.Module, GenerationTask, object]:
     if not spec.is_file():
         raise FileNotFoundError(f"run_dir {str(run_dir)!r}: no generation.json (written when a "
                                 f"generation run finishes)")
-    task.restore(json.loads(spec.read_text()))
+    task.restore(json.loads(spec.read_text()), vae=vae)
     tok = run_dir / "tokenizer.json"
     if task.cond == "caption" and tok.is_file():
         task.tokenizer = load_tokenizer(tok)
@@ -46,12 +47,13 @@ def _slug(text: str) -> str:
 def sample_command(run_dir, classes=None, prompts=None, n: int = 16, steps: int = 50,
                    cfg_scale: float = 3.0, sampler: str | None = None, seed: int = 0,
                    out="grid.png", out_dir=None, cols: int | None = None,
-                   progress: bool = True) -> torch.Tensor:
+                   progress: bool = True, vae=None) -> torch.Tensor:
     """Sample `n` images (classes / prompts cycled over them), write a grid PNG to `out` and,
     with `out_dir`, one PNG per image; returns the images (n, C, H, W) in [-1, 1].
 
     Defaults: every class in turn (class runs), the first shapes test captions (caption runs);
-    the run's sampler. An unknown class name or a word outside the vocabulary is a ValueError
+    the run's sampler. A latent run decodes with its autoencoder (`vae` overrides the folder
+    it trained with). An unknown class name or a word outside the vocabulary is a ValueError
     naming it and listing the valid ones.
     """
     if not isinstance(n, int) or n < 1:
@@ -60,7 +62,7 @@ def sample_command(run_dir, classes=None, prompts=None, n: int = 16, steps: int 
         raise ValueError(f"--steps: expected an int >= 1, got {steps!r}")
     if cfg_scale < 0:
         raise ValueError(f"--cfg: expected >= 0 (1 = no guidance), got {cfg_scale}")
-    model, task, cfg = load_generator(run_dir)
+    model, task, cfg = load_generator(run_dir, vae=vae)
     cond, labels = task.conditions(n, classes=classes, prompts=prompts)  # checks names, words
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
     if cfg.train.threads:  # as the run trained: tiny models run faster on one thread

@@ -179,6 +179,8 @@ class GenerationTask(Task):
             "x0", the clean image, turned into the velocity (x_t - x0) / t (JiT, Li & He 2025:
             pixel-space patch transformers learn clean images more easily than noise or
             velocity); the loss stays the velocity MSE. x0_t_min: t is clamped there (0.05).
+        vae: a diffusers AutoencoderKL folder: the model trains and samples in its latent
+            space (mmtx.diffusion.latent); grids and judged samples are the decoded images.
     """
 
     unit = "images"
@@ -192,7 +194,7 @@ class GenerationTask(Task):
                  eval_samples: int = 256, seed: int = 0, judge=True, vocab: str = "shapes",
                  max_caption_len: int = 24, sample_batch_size: int = 256,
                  prediction: str = "velocity", x0_t_min: float = 0.05,
-                 image_key: str = "image"):
+                 image_key: str = "image", vae: str | None = None):
         if prediction not in ("velocity", "x0"):
             raise ValueError(f"task.args.prediction: expected 'velocity' or 'x0', "
                              f"got {prediction!r}")
@@ -243,18 +245,36 @@ class GenerationTask(Task):
         create_sampler(self.sampler, self.objective, steps=sample_steps)
         # Filled by model_kwargs from the training data:
         self.num_classes, self.class_names, self.image_shape = 0, None, None
+        self.vae, self.latents = vae, None  # the autoencoder's folder; loaded by _use_vae
         self.shapes_data: ShapesDataset | None = None
         self._judge, self._reference, self._cache, self._eval_batches = None, None, None, 0
         if not judge:
             self.main_metric = "loss"
 
     # ---------------------------------------------------------------- data and model
+    def _use_vae(self) -> None:
+        if self.vae is not None and self.latents is None:
+            from ...diffusion.latent import Latents, load_vae
+
+            self.latents = Latents(load_vae(self.vae))
+            self.latents.shape(self.image_shape)  # checks the size now, not at the first step
+
+    @property
+    def model_shape(self) -> tuple:
+        """What the generator reads and writes: the image (C, H, W), or its latent."""
+        return self.image_shape if self.latents is None else self.latents.shape(self.image_shape)
+
+    def _x0(self, batch, sample: bool = True) -> torch.Tensor:
+        x0 = batch[self.image_key]
+        return x0 if self.latents is None else self.latents.encode(x0, sample=sample)
+
     def model_kwargs(self, dataset) -> dict:
         first = dataset[0][self.image_key]
         self.image_shape = tuple(first.shape)  # (C, H, W)
         self.shapes_data = _shapes_base(dataset)
-        kwargs = {"in_chans": self.image_shape[0], "img_size": self.image_shape[1],
-                  "cond_drop": 0.0}  # the step drops conditions itself
+        self._use_vae()
+        c, h, _ = self.model_shape
+        kwargs = {"in_chans": c, "img_size": h, "cond_drop": 0.0}  # the step drops conditions
         if self.cond == "class":
             num = getattr(dataset, "num_classes", None)
             if not num:
@@ -317,7 +337,7 @@ class GenerationTask(Task):
 
     # ---------------------------------------------------------------- train and per-batch eval
     def step(self, model, batch):
-        x0 = batch[self.image_key]
+        x0 = self._x0(batch)
         drop = None
         if self.cond != "none" and self.cond_drop > 0:
             drop = torch.rand(x0.shape[0], device=x0.device) < self.cond_drop  # (B,)
@@ -326,7 +346,7 @@ class GenerationTask(Task):
 
     def eval_step(self, model, batch):
         # Fixed times and noise per batch position, so evaluation losses compare across steps.
-        x0 = batch[self.image_key]
+        x0 = self._x0(batch, sample=False)
         gen = torch.Generator(x0.device).manual_seed(self.seed * 7919 + self._eval_batches)
         self._eval_batches += 1
         _, per_sample = self.objective.loss(self.model_fn(model), x0, self.batch_cond(batch),
@@ -458,11 +478,12 @@ class GenerationTask(Task):
         cfg = self.cfg_scale if cfg_scale is None else cfg_scale
         if cond is None:
             cfg = 1.0  # nothing to guide towards
-        return generate(model, cond, num, self.image_shape, objective=self.objective,
-                        sampler=sampler or self.sampler, steps=steps or self.sample_steps,
-                        cfg_scale=cfg, null_cond=self.null_cond, seed=seed,
-                        batch_size=self.sample_batch_size, progress=progress,
-                        autocast=autocast, model_fn=self.model_fn(model))
+        out = generate(model, cond, num, self.model_shape, objective=self.objective,
+                       sampler=sampler or self.sampler, steps=steps or self.sample_steps,
+                       cfg_scale=cfg, null_cond=self.null_cond, seed=seed,
+                       batch_size=self.sample_batch_size, progress=progress,
+                       autocast=autocast, model_fn=self.model_fn(model))
+        return out if self.latents is None else self.latents.decode(out)  # (num, C, H, W)
 
     @torch.no_grad()
     def eval_generated(self, model, split, step, run_dir, log):
@@ -537,11 +558,15 @@ class GenerationTask(Task):
             "colours": list(ds.colours), "noise": ds.noise, "clutter": ds.clutter,
             "colour_jitter": ds.colour_jitter, "background": list(ds.background)}
         return {"image_shape": list(self.image_shape), "num_classes": self.num_classes,
-                "class_names": self.class_names, "shapes": shapes}
+                "class_names": self.class_names, "shapes": shapes,
+                "vae": None if self.vae is None else str(Path(self.vae).expanduser().resolve())}
 
-    def restore(self, spec: dict) -> None:
-        """The state model_kwargs read from the training data, from `spec()`'s dict."""
+    def restore(self, spec: dict, vae=None) -> None:
+        """The state model_kwargs read from the training data, from `spec()`'s dict; `vae`
+        replaces the autoencoder folder the run trained with (moved, or another copy)."""
         self.image_shape = tuple(spec["image_shape"])
+        self.vae, self.latents = vae or spec.get("vae"), None
+        self._use_vae()
         self.num_classes, self.class_names = spec["num_classes"], spec["class_names"]
         shapes = spec.get("shapes")
         self.shapes_data = None if shapes is None else ShapesDataset(1, **shapes)
