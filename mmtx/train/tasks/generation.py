@@ -325,11 +325,17 @@ class GenerationTask(Task):
         """model(x, t, **cond) as the objective's model_fn(x, t, cond). With prediction "x0"
         the network's output is read as the clean image and turned into the velocity the flow
         objective and samplers use: v = (x_t - x0) / t, t clamped at x0_t_min."""
+        def predict(x, t, c):
+            out = model(x, t, **(c or {}))
+            # A DiT with learn_sigma (the published weights) also predicts the variance: its
+            # second half of channels, which these objectives and samplers do not use.
+            return out[:, :x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out
+
         if self.prediction == "velocity":
-            return lambda x, t, c: model(x, t, **(c or {}))
+            return predict
 
         def velocity(x, t, c):
-            x0 = model(x, t, **(c or {})).float()
+            x0 = predict(x, t, c).float()
             t = t.float().clamp(min=self.x0_t_min).reshape(-1, *([1] * (x.dim() - 1)))
             return (x.float() - x0) / t  # (B, C, H, W)
 
@@ -563,9 +569,10 @@ class GenerationTask(Task):
 
     def restore(self, spec: dict, vae=None) -> None:
         """The state model_kwargs read from the training data, from `spec()`'s dict; `vae`
-        replaces the autoencoder folder the run trained with (moved, or another copy)."""
+        replaces the autoencoder folder the run trained with (moved, or another copy), else
+        the spec's, else the task's own."""
         self.image_shape = tuple(spec["image_shape"])
-        self.vae, self.latents = vae or spec.get("vae"), None
+        self.vae, self.latents = vae or spec.get("vae") or self.vae, None
         self._use_vae()
         self.num_classes, self.class_names = spec["num_classes"], spec["class_names"]
         shapes = spec.get("shapes")
