@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import yaml
 from . import cache
 from .pool import Job, is_main_process, run_jobs
 from .registry import register_kind
-from .report import check_targets, human, mean_std, write_report
+from .report import check_targets, human, mean_std, read_curve, write_report
 from .spec import load_spec, set_key
 
 _GRID_KEYS = ("model", "dataset", "seed", "fraction")
@@ -140,18 +139,6 @@ def run_config(exp: Experiment, run: RunSpec) -> dict:
 
 
 # ------------------------------------------------------------------------------ one run
-def _read_curve(metrics_path: Path, key: str) -> list[dict]:
-    """Validation points from a run's metrics.jsonl: [{"step", "wall_s", "value"}]."""
-    points = []
-    if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
-            row = json.loads(line)
-            if key in row:
-                points.append({"step": row["step"], "wall_s": row.get("time/train_s", 0.0),
-                               "value": row[key]})
-    return points
-
-
 def _inference_images_per_s(model, shape, precision: str, batch: int = 256) -> float:
     """Median images/s of eval-mode forward passes on random input of the data's shape."""
     device = next(model.parameters()).device
@@ -200,7 +187,7 @@ def execute(exp: Experiment, run: RunSpec, out: Path, rollout_images: int) -> di
         "flops": summary["flops"], "train_images_per_s": res["train_images_per_s"],
         "infer_images_per_s": _inference_images_per_s(model, shape, res["precision"]),
         "wall_s": res["wall_s"], "steps": res["steps"], "precision": res["precision"],
-        "curve": _read_curve(run_dir / "metrics.jsonl", "val/acc"),
+        "curve": read_curve(run_dir / "metrics.jsonl", "val/acc"),
         "confusion": res["test_result"]["confusion"],
         "class_names": list(test.class_names), "run_dir": str(run_dir),
     }

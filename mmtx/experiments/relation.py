@@ -18,7 +18,6 @@ test bands are only read at the end.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 from . import cache
 from .pool import Job, is_main_process, run_jobs
 from .registry import register_kind
-from .report import check_targets, human, markdown_table, mean_std, write_report
+from .report import check_targets, human, markdown_table, mean_std, read_curve, write_report
 
 DEFAULT_BANDS = {"near": [0.35, 0.45], "mid": [0.45, 0.60], "far": [0.60, 0.85]}
 
@@ -102,17 +101,6 @@ def _run_id(label: str, seed: int) -> str:
     return f"{label}-s{seed}"
 
 
-def _read_curve(path: Path, key: str = "val/acc") -> list[dict]:
-    points = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if key in row:
-                points.append({"step": row["step"], "wall_s": row.get("time/train_s", 0.0),
-                               "value": row[key]})
-    return points
-
-
 def _band_data(spec: RelationSpec, band: str, **extra):
     """The test set of one band: the training data's options with the band's distances."""
     from ..data import build_dataset
@@ -171,7 +159,7 @@ def train_relation(spec: RelationSpec, model: dict, seed: int, out: Path,
         "sees_whole_image": None if rf is None else sees_whole_image(rf, side),
         "image_size": side, "steps": res["steps"], "train_s": res["train_s"],
         "lr": float(cfg["optim"].get("lr", 0.0)),
-        "wall_s": res["wall_s"], "curve": _read_curve(run_dir / "metrics.jsonl"),
+        "wall_s": res["wall_s"], "curve": read_curve(run_dir / "metrics.jsonl", "val/acc"),
     }
     if attention:
         result["attention"] = attention_study(spec, net, out)

@@ -3,6 +3,7 @@ directory, the table printed to the console, and target checks stated plainly.""
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -62,3 +63,15 @@ def write_report(out: Path, *, title: str, description: str, sections: list[str]
         print(table)
     print(f"\nreport: {out / 'report.md'}", flush=True)
     return out / "report.md"
+
+
+def read_curve(metrics_path: Path, key: str) -> list[dict]:
+    """`key`'s points in a run's metrics.jsonl: [{"step", "wall_s", "value"}]."""
+    points = []
+    if Path(metrics_path).exists():
+        for line in Path(metrics_path).read_text().splitlines():
+            row = json.loads(line)
+            if key in row:
+                points.append({"step": row["step"], "wall_s": row.get("time/train_s", 0.0),
+                               "value": row[key]})
+    return points
