@@ -7,7 +7,6 @@ import pytest
 
 from mmtx.experiments import run_experiment
 from mmtx.experiments.registry import load
-from mmtx.experiments.relation import _patch_masks
 
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
 QUICK = EXPERIMENTS / "relation_quick.yaml"
@@ -62,14 +61,16 @@ def test_second_run_reads_every_run_back(finished, monkeypatch):
     assert run_experiment(QUICK, out_dir=out)["runs"] == res["runs"]
 
 
-def test_patch_masks():
+def test_object_patches_as_the_study_reads_them():
     import torch
+
+    from mmtx.eval.grounding import patch_coverage
 
     masks = torch.zeros(2, 8, 8, dtype=torch.bool)
     masks[0, 0, 0] = True  # top-left patch of a 2x2 grid
     masks[1, 5:7, 1:6] = True  # bottom-left and bottom-right patches
-    assert _patch_masks(masks, (2, 2)).tolist() == [[True, False, False, False],
-                                                    [False, False, True, True]]
+    assert patch_coverage(masks, (2, 2)).flatten(1).tolist() == [[True, False, False, False],
+                                                                  [False, False, True, True]]
 
 
 @pytest.mark.parametrize("override, match", [

@@ -167,15 +167,6 @@ def train_relation(spec: RelationSpec, model: dict, seed: int, out: Path,
 
 
 # ------------------------------------------------------------------------------ attention
-def _patch_masks(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Object pixel masks (n, H, W) -> (n, gh * gw) bool: which patches show each object."""
-    n, h, w = masks.shape
-    gh, gw = grid
-    m = masks[:, : h - h % gh, : w - w % gw].float()
-    m = m.reshape(n, gh, h // gh, gw, w // gw)  # (n, gh, ph, gw, pw)
-    return (m.amax((2, 4)) > 0).reshape(n, gh * gw)
-
-
 def _covers(objs: torch.Tensor, idx: torch.Tensor) -> bool:
     """Whether the patches `idx` show part of every object (objs: (n, N) patch masks)."""
     return bool(objs[:, idx].any(1).all())
@@ -185,6 +176,7 @@ def _covers(objs: torch.Tensor, idx: torch.Tensor) -> bool:
 def attention_study(spec: RelationSpec, model, out: Path) -> dict:
     """Coverage of both objects by the ViT's top-attended patches on far test pairs, and the
     attention figure (class-token rollout over same and different pairs)."""
+    from ..eval.grounding import patch_coverage
     from ..viz.rollout import attention_rollout, plot_rollout, rollout_maps, supports_rollout
 
     rep = spec.report
@@ -208,7 +200,7 @@ def attention_study(spec: RelationSpec, model, out: Path) -> dict:
     gen = torch.Generator().manual_seed(0)
     both_roll = both_head = both_random = 0
     for i, it in enumerate(items):
-        objs = _patch_masks(it["object_masks"][:2], grid)  # (2, N): the pair only
+        objs = patch_coverage(it["object_masks"][:2], grid).flatten(1)  # (2, N): the pair
         both_roll += _covers(objs, roll[i].topk(k).indices)
         both_head += any(_covers(objs, last[i, h].topk(k).indices) for h in range(last.shape[1]))
         both_random += _covers(objs, torch.randperm(roll.shape[1], generator=gen)[:k])
