@@ -265,12 +265,15 @@ class ShapesDataset(Dataset):
         return [Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
                     float(radii[i]), tuple(rgb[i].tolist())) for i in range(n)]
 
-    def _place(self, rng, radii, far, clear=False):
+    def _place(self, rng, radii, far, clear=False, pos=None, start=0):
         """Centres keeping the bounding circles (radii) inside the image, 1.5 px apart, and
         objects 0 and 1 at least `far` apart; with `clear`, each object the caption places
-        (1 against 0, later ones against 1) lies clearly to one side; None if they do not fit."""
-        side, pos = self.image_size, np.zeros((len(radii), 2))
-        for i, r in enumerate(radii):
+        (1 against 0, later ones against 1) lies clearly to one side; None if they do not fit.
+        With `pos`, its first `start` centres are already placed and kept."""
+        side = self.image_size
+        pos = np.zeros((len(radii), 2)) if pos is None else pos
+        for i in range(start, len(radii)):
+            r = radii[i]
             cand = rng.uniform(r + 0.5, side - r - 0.5, (32, 2))  # 32 tries at once
             ok = np.ones(len(cand), dtype=bool)
             for j in range(i):
@@ -303,16 +306,7 @@ class ShapesDataset(Dataset):
                 break
         else:
             return None
-        for i in range(2, len(radii)):  # distractors: anywhere clear of the objects before them
-            r = radii[i]
-            cand = rng.uniform(r + 0.5, side - r - 0.5, (32, 2))
-            ok = np.ones(len(cand), dtype=bool)
-            for j in range(i):
-                ok &= np.hypot(*(cand - pos[j]).T) >= r + radii[j] + 1.5
-            if not ok.any():
-                return None
-            pos[i] = cand[int(ok.argmax())]
-        return pos
+        return self._place(rng, radii, 0.0, pos=pos, start=2)  # distractors: anywhere clear
 
     def label_of(self, objects: list[Obj]) -> int:
         if self.task == "shape":
