@@ -22,6 +22,7 @@ from mmtx.diffusion import (
     linear_betas,
     sample,
 )
+from mmtx.diffusion.samplers import flow_times
 from mmtx.layers.conditioning import (
     LabelEmbedding,
     TimestepEmbedding,
@@ -117,12 +118,21 @@ LABELS = torch.arange(400) % NUM_MODES  # 50 samples per mode
 # ---- samplers on the toy distribution ----
 
 
-@pytest.mark.parametrize("sampler, kw", [("euler", dict(steps=50)), ("heun", dict(steps=25))])
+@pytest.mark.parametrize("sampler, kw", [("euler", dict(steps=50)), ("heun", dict(steps=25)),
+                                         ("euler", dict(steps=50, shift=3.0))])
 def test_flow_samplers_land_on_modes(flow_model, sampler, kw):
     objective, model = flow_model
     x = sample(model, (400, 2), LABELS, objective=objective, sampler=sampler, seed=0, **kw)
     assert x.shape == (400, 2) and x.dtype == torch.float32
     assert on_own_mode(x, LABELS) >= 0.9
+
+
+def test_flow_times_shift_towards_the_noise():
+    even = flow_times(4)
+    assert torch.allclose(even, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    shifted = flow_times(4, 3.0)  # 3u / (1 + 2u): u = 0.5 -> 0.75
+    assert torch.allclose(shifted, torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0]))
+    assert (shifted.diff() < 0).all() and (shifted >= even).all()
 
 
 @pytest.mark.parametrize("sampler, kw", [("ddpm", dict(steps=100)), ("ddim", dict(steps=50)),
@@ -364,6 +374,7 @@ def test_factories():
     (lambda: create_sampler("ddim"), ["ddim", "objective", "None"]),
     (lambda: create_sampler("euler", steps=0), ["steps", "0"]),
     (lambda: create_sampler("euler", eta=0.5), ["eta", "steps"]),
+    (lambda: create_sampler("heun", shift=0.0), ["shift", "> 0", "0.0"]),
     (lambda: create_sampler("ddim", DDPM(10), steps=20), ["steps", "10", "20"]),
     (lambda: create_sampler("ddim", DDPM(10), eta=-1.0), ["eta", "-1"]),
     (lambda: sample(CountingModel(), (2, 2), torch.zeros(2), cfg_scale=2.0),

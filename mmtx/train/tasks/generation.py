@@ -37,6 +37,7 @@ from ...diffusion import create_objective, create_sampler, sample
 from .base import Task, register_task
 
 CONDS = ("class", "caption", "none")
+FLOW_SAMPLERS = ("euler", "heun")
 DEFAULT_SAMPLER = {"flow": "euler", "ddpm": "ddim"}
 
 
@@ -113,7 +114,8 @@ def _rows(cond, start: int, stop: int):
 def generate(model: nn.Module, cond: dict | None, num: int, image_shape, *, objective,
              sampler: str = "euler", steps: int = 20, cfg_scale: float = 1.0, null_cond=None,
              seed: int = 0, batch_size: int = 256, progress: bool = False,
-             autocast: bool = False, model_fn=None) -> torch.Tensor:
+             autocast: bool = False, model_fn=None,
+             sampler_args: dict | None = None) -> torch.Tensor:
     """`num` samples (num, *image_shape) float32 from `model`, called as model(x, t, **cond)
     (or through `model_fn(x, t, cond)` when given, e.g. to turn an x0 prediction into a
     velocity).
@@ -122,6 +124,7 @@ def generate(model: nn.Module, cond: dict | None, num: int, image_shape, *, obje
     starting noise is drawn first from a generator seeded with `seed` (which also drives the
     stochastic samplers), then sampled in batches of `batch_size`: the same seed gives the same
     images. cfg_scale != 1 needs null_cond (the model's "no condition", a dict like cond).
+    sampler_args: the sampler's own options (e.g. {"shift": 3.0} for euler / heun).
     """
     device = next(model.parameters()).device
     gen = torch.Generator(device).manual_seed(seed)
@@ -143,7 +146,8 @@ def generate(model: nn.Module, cond: dict | None, num: int, image_shape, *, obje
         out.append(sample(model_fn, (stop - start, *image_shape), _rows(cond, start, stop),
                           objective=objective, sampler=sampler, cfg_scale=cfg_scale,
                           null_cond=null_cond, generator=gen, noise=noise[start:stop],
-                          steps=steps, progress=progress, autocast=autocast))
+                          steps=steps, progress=progress, autocast=autocast,
+                          **(sampler_args or {})))
     return torch.cat(out)
 
 
@@ -175,6 +179,8 @@ class GenerationTask(Task):
         vocab: caption tokenizer: "shapes" (the fixed shapes vocabulary) or a tokenizer JSON.
         max_caption_len: tokens per caption, bos and eos included (default 24).
         sample_batch_size: samples per sampler call (default 256).
+        sample_shift: the flow samplers' time shift (`mmtx.diffusion.samplers.flow_times`;
+            default 1, evenly spaced steps; > 1 spends more steps near the noise).
         prediction: what the network outputs with the flow objective: "velocity" (default) or
             "x0", the clean image, turned into the velocity (x_t - x0) / t (JiT, Li & He 2025:
             pixel-space patch transformers learn clean images more easily than noise or
@@ -194,7 +200,7 @@ class GenerationTask(Task):
                  eval_samples: int = 256, seed: int = 0, judge=True, vocab: str = "shapes",
                  max_caption_len: int = 24, sample_batch_size: int = 256,
                  prediction: str = "velocity", x0_t_min: float = 0.05,
-                 image_key: str = "image", vae: str | None = None):
+                 image_key: str = "image", vae: str | None = None, sample_shift: float = 1.0):
         if prediction not in ("velocity", "x0"):
             raise ValueError(f"task.args.prediction: expected 'velocity' or 'x0', "
                              f"got {prediction!r}")
@@ -241,8 +247,13 @@ class GenerationTask(Task):
         if cond == "caption":
             self.tokenizer = (WordTokenizer(shapes_vocabulary()) if vocab == "shapes"
                               else load_tokenizer(vocab))
+        self.sample_shift = float(sample_shift)
+        if self.sample_shift != 1.0 and self.sampler not in FLOW_SAMPLERS:
+            raise ValueError(f"task.args.sample_shift applies to the samplers {FLOW_SAMPLERS}, "
+                             f"got sampler {self.sampler!r}")
         # Validate the sampler against the objective now, not at the first evaluation.
-        create_sampler(self.sampler, self.objective, steps=sample_steps)
+        create_sampler(self.sampler, self.objective, steps=sample_steps,
+                       **self.sampler_args(self.sampler))
         # Filled by model_kwargs from the training data:
         self.num_classes, self.class_names, self.image_shape = 0, None, None
         self.vae, self.latents = vae, None  # the autoencoder's folder; loaded by _use_vae
@@ -488,8 +499,13 @@ class GenerationTask(Task):
                        sampler=sampler or self.sampler, steps=steps or self.sample_steps,
                        cfg_scale=cfg, null_cond=self.null_cond, seed=seed,
                        batch_size=self.sample_batch_size, progress=progress,
-                       autocast=autocast, model_fn=self.model_fn(model))
+                       autocast=autocast, model_fn=self.model_fn(model),
+                       sampler_args=self.sampler_args(sampler or self.sampler))
         return out if self.latents is None else self.latents.decode(out)  # (num, C, H, W)
+
+    def sampler_args(self, sampler: str) -> dict:
+        """The options the run gives `sampler`: the time shift, for the flow samplers."""
+        return {"shift": self.sample_shift} if sampler in FLOW_SAMPLERS else {}
 
     @torch.no_grad()
     def eval_generated(self, model, split, step, run_dir, log):
