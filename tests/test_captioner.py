@@ -144,6 +144,22 @@ def test_bad_input_is_a_clear_error():
         model.generate(torch.randn(1, 3, 16, 16), 20)
     with pytest.raises(ValueError, match="beam_width"):
         model.caption(torch.randn(1, 3, 16, 16), 4, beam_size=0)
+    with pytest.raises(ValueError, match="pos_embed must be one of .*'rope'"):
+        tiny(vision_pos="rope")
+
+
+def test_sincos_vision_positions_are_fixed_and_follow_the_grid():
+    model = tiny(vision_pos="sincos")
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.startswith("visual.pos_embed") for n in names), names
+    table = model.visual.pos_table  # (1, 16 patches, 32)
+    assert table.shape == (1, 16, 32) and table[0, 0].ne(table[0, 1]).any()
+    images = torch.randn(2, 3, 16, 16)
+    assert model(images, torch.randint(3, V, (2, 5))).shape == (2, 5, V)
+    # the tokens the decoder reads change with the position table
+    base = model.encode_image(images)
+    model.visual.pos_table = model.visual.pos_table.roll(1, dims=1)
+    assert not torch.allclose(base, model.encode_image(images))
 
 
 def test_registered_sizes_take_vocabulary_and_length():

@@ -30,7 +30,9 @@ class ImageCaptioner(nn.Module):
     The vision options (img_size, patch_size, in_chans, dim, depth, num_heads) are the ViT's;
     text_dim / text_depth / text_heads size the decoder (text_dim defaults to dim; when they
     differ, each cross-attention projects the patch tokens to its own width). drop_rate is the
-    dropout on embeddings and residual branches of both. `tokenizer` (an attribute, None by
+    dropout on embeddings and residual branches of both. vision_pos: the ViT's position
+    embedding ("learn", or "sincos": fixed 2-D sin-cos, where the patch positions that words
+    like "left of" depend on are there from the first step). `tokenizer` (an attribute, None by
     default) turns `caption`'s token ids into strings.
     """
 
@@ -40,13 +42,14 @@ class ImageCaptioner(nn.Module):
                  text_depth: int = 2, text_heads: int | None = None, pos: str = "learned",
                  act: str = "gelu", drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, bos_id: int = 1, eos_id: int = 2,
-                 pad_id: int = 0):
+                 pad_id: int = 0, vision_pos: str = "learn"):
         super().__init__()
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.max_len, self.vocab_size = max_len, vocab_size
         drops = dict(attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         self.visual = ViT(img_size, patch_size, in_chans, 0, dim, depth, num_heads, mlp_ratio,
                           pool="avg", class_token=False, fc_norm=False, act=act,
+                          pos_embed=vision_pos,
                           pos_drop_rate=drop_rate, proj_drop_rate=drop_rate, **drops)
         self.decoder = TextDecoder(vocab_size, max_len, text_dim or dim, text_depth,
                                    text_heads or num_heads, mlp_ratio, pos=pos, act=act,
