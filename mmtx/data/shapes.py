@@ -14,6 +14,11 @@ train / val / test streams never share a scene. Tasks label the same kind of sce
   with and what a stack of small convolutions only reaches deep in the network. `distance=(lo, hi)`
   sets the range of their centre-to-centre distance instead (fractions of the side), and
   `distractors=n` (or a (min, max) range) adds small grey objects that are not part of the pair.
+- "twins": two objects at least 0.45 of the image side apart that always share shape and colour
+  (drawn at random per scene; sizes drawn apart), so nothing but the scene itself says what the
+  second object must look like: the "two eyes" test of a generator's global consistency. The
+  label says whether the sizes match ("different sizes", "same size"); it names neither shape
+  nor colour.
 - "caption" (or "captions"): two objects for captioning and contrastive training; the caption has
   no prefix, object 1 lies clearly to one side of object 0 (the larger offset at least twice the
   smaller one), and the label is that relation ("left", "right", "above", "below").
@@ -52,12 +57,13 @@ from .scene_text import (
 
 log = logging.getLogger(__name__)
 
-TASKS = ("shape", "colour", "size", "count", "relation", "caption", "shape_colour")
+TASKS = ("shape", "colour", "size", "count", "relation", "caption", "shape_colour", "twins")
 _ALIASES = {"color": "colour", "captions": "caption", "shape_color": "shape_colour"}
 SPLITS = ("train", "val", "test")
 DEFAULT_NUM_SAMPLES = {"train": 10_000, "val": 1_000, "test": 2_000}
 DEFAULT_NUM_OBJECTS = {"shape": (1, 1), "colour": (1, 1), "size": (1, 1), "count": (1, 3),
-                       "relation": (2, 2), "caption": (2, 2), "shape_colour": (1, 1)}
+                       "relation": (2, 2), "caption": (2, 2), "shape_colour": (1, 1),
+                       "twins": (2, 2)}
 # Radius ranges as fractions of the image side, by how crowded the scene is: lone objects are
 # drawn big so the default shape task is easy to read at 32 px.
 _RADII = {1: {"small": (0.17, 0.22), "large": (0.28, 0.36)},
@@ -185,7 +191,7 @@ class ShapesDataset(Dataset):
         if not 1 <= lo <= hi <= 9:
             raise ValueError(f"num_objects: expected an int or (min, max) within 1..9, "
                              f"got {num_objects!r}")
-        if task in ("relation", "caption") and lo < 2:
+        if task in ("relation", "caption", "twins") and lo < 2:
             raise ValueError(f"num_objects: the {task} task needs >= 2 objects, got {lo}")
         if task == "relation" and len(self.shapes) < 2:
             raise ValueError("shapes: the relation task needs at least two shapes")
@@ -208,6 +214,7 @@ class ShapesDataset(Dataset):
             "count": [NUMBERS[n] for n in range(1, hi + 1)], "relation": ["different", "same"],
             "caption": ["left", "right", "above", "below"],
             "shape_colour": [f"{c} {s}" for s in self.shapes for c in self.colours],
+            "twins": ["different sizes", "same size"],
         }[task]
         self.num_classes = len(self.class_names)
         self._labels: list[int] | None = None
@@ -232,6 +239,8 @@ class ShapesDataset(Dataset):
                 others = [s for s in self.shapes if s != shapes[0]]
                 shapes[1] = others[int(rng.integers(0, len(others)))]
         colours = [self.colours[i] for i in rng.integers(0, len(self.colours), n)]
+        if self.task == "twins":  # no extra draws: every other task's streams stay as they were
+            shapes[1], colours[1] = shapes[0], colours[0]
         sizes = ["large" if b else "small" for b in rng.random(n) < 0.5]
         side = self.image_size
         ranges = _RADII[min(n, 3)]
@@ -246,8 +255,8 @@ class ShapesDataset(Dataset):
             radii = np.concatenate([radii, rng.uniform(*_RADII[3]["small"], extra) * side])
             n += extra
         bounds = radii * np.array([BOUND[s] for s in shapes])  # farthest extent of each shape
-        # Relation scenes keep their first two objects at least 0.45 of the image side apart.
-        far = 0.45 * side if self.task == "relation" else 0.0
+        # Relation and twins scenes keep their first two objects at least 0.45 of the side apart.
+        far = 0.45 * side if self.task in ("relation", "twins") else 0.0
         clear = self.task == "caption"
         for _ in range(20):  # shrink and retry if the objects do not fit
             if self.distance is None:
@@ -322,6 +331,8 @@ class ShapesDataset(Dataset):
             return len(objects) - 1
         if self.task == "caption":
             return SPATIAL.index(spatial(objects[0], objects[1]))
+        if self.task == "twins":
+            return int(objects[0].size == objects[1].size)
         return int(objects[0].shape == objects[1].shape)  # relation
 
     def scene(self, index: int) -> list[Obj]:
