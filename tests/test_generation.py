@@ -115,6 +115,14 @@ def test_mmtx_sample_rejects_an_unknown_class_naming_the_valid_ones(class_run, c
     assert "conditioned on 'class', not on a caption" in capsys.readouterr().err
 
 
+def test_unconditional_twins_run_reports_consistency(tmp_path, judge_cache):
+    result = train(QUICK, run_dir=tmp_path / "twins", overrides=[
+        *TINY, "data.args.task=twins", "task.args.cond=none", "task.args.cfg_scale=1.0"])
+    for key in ("consistency", "consistency_ceiling"):
+        assert 0.0 <= result[f"val/{key}"] <= 1.0, key
+    assert "val/cond_acc_shape" not in result  # nothing was asked of the samples
+
+
 def test_caption_run_samples_prompts_and_rejects_unknown_words(tmp_path, judge_cache, capsys):
     run_dir = tmp_path / "text"
     train(QUICK, run_dir=run_dir, overrides=[

@@ -13,7 +13,9 @@ Evaluation (`eval_generated`, on the model the engine passes: the EMA one when k
 - `eval_samples` more samples, judged by mmtx.eval.judge (shapes data only): `fd_shapes`
   against real test images with its real-vs-real floor `fd_shapes_floor`, and `cond_acc_<attr>`
   for each attribute the condition names, with the judge's accuracy on real test images as
-  `cond_acc_<attr>_ceiling`; `sample_s_per_image`, the sampling time per image.
+  `cond_acc_<attr>_ceiling`; `sample_s_per_image`, the sampling time per image. On the
+  "twins" shapes task also `consistency` (mmtx.eval.consistency: the fraction of samples whose
+  two objects match in shape and colour) and `consistency_ceiling`, the same on real scenes.
 
 Conditions: cond "class" reads the batch's `label` (y); "caption" tokenises the batch's
 `caption` (CaptionCollate; by default with the fixed shapes vocabulary) into caption_ids /
@@ -558,6 +560,12 @@ class GenerationTask(Task):
             fd = frechet_report(real, fake.cpu(), judge.feature_extractor(),
                                 generator=torch.Generator().manual_seed(self.seed))
         result.update(fd)
+        if self.shapes_data.task == "twins":  # do the two far-apart objects match?
+            from ...eval.consistency import consistency
+
+            bg = tuple(2 * b - 1 for b in self.shapes_data.background)  # [0, 1] -> [-1, 1]
+            result["consistency"] = consistency(judge, fake.cpu(), bg)["consistency"]
+            result["consistency_ceiling"] = consistency(judge, real[:n], bg)["consistency"]
         targets = self._targets(cond["y"] if self.cond == "class" else None, items)
         if targets:
             idx = sorted(targets)
