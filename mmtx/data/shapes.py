@@ -27,6 +27,10 @@ Captions describe the whole scene ("a small red circle to the left of a large bl
 always name the labelled attribute: count and relation captions start with it ("two shapes: ...",
 "same shape: ...").
 
+`exclude=["red star", ...]` keeps those colour-shape combinations out of every scene (a scene that
+would hold one is drawn again from the same stream): held out of a generator's training
+captions, they can test whether it composes attributes it never saw together.
+
 Opt-in extras per item: `return_objects=True` adds each object's pixel mask and box,
 `return_foils=True` adds foil captions (see mmtx/data/scene_text.py); collate() pads the
 per-object tensors.
@@ -113,6 +117,25 @@ def _check_distractors(distractors, task: str) -> tuple[int, int]:
     return (lo, hi)
 
 
+def _check_exclude(exclude, shapes, colours) -> tuple[tuple[str, str], ...]:
+    """["red star", ...] -> (("red", "star"), ...), colour-shape names of this dataset."""
+    if exclude is None:
+        return ()
+    if isinstance(exclude, str) or not isinstance(exclude, (list, tuple)):
+        raise ValueError(f"exclude: expected a list of 'colour shape' names, got {exclude!r}")
+    out = []
+    for name in exclude:
+        parts = str(name).split()
+        if len(parts) != 2 or parts[0] not in colours or parts[1] not in shapes:
+            raise ValueError(f"exclude: expected 'colour shape' names such as 'red star' "
+                             f"(colours: {', '.join(colours)}; shapes: {', '.join(shapes)}), "
+                             f"got {name!r}")
+        out.append((parts[0], parts[1]))
+    if len(set(out)) >= len(shapes) * len(colours):
+        raise ValueError(f"exclude: leaves no colour-shape combination to draw, got {exclude!r}")
+    return tuple(out)
+
+
 def shapes_vocabulary() -> list[str]:
     """Every word and mark a shapes caption can use, so a WordTokenizer built from it never
     meets <unk> on any split: WordTokenizer(shapes_vocabulary())."""
@@ -154,6 +177,7 @@ class ShapesDataset(Dataset):
             shrunk until they fit. Items then carry attributes["distance"] (the measured one).
         distractors: relation task only: an int or a (min, max) range of extra small grey
             objects (colour "grey", after the pair in attributes["objects"]); default 0.
+        exclude: colour-shape names ("red star") that no object of any scene has (default none).
     """
 
     def __init__(self, num_samples: int | None = None, image_size: int = 32, split: str = "train",
@@ -161,7 +185,7 @@ class ShapesDataset(Dataset):
                  colours=None, noise: float = 0.0, clutter: int = 0, colour_jitter: float = 0.05,
                  background=(0.0, 0.0, 0.0), cache=False, transform=None,
                  return_objects: bool = False, return_foils=False, distance=None,
-                 distractors=0):
+                 distractors=0, exclude=None):
         task = _ALIASES.get(task, task)
         if task not in TASKS:
             raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
@@ -199,6 +223,7 @@ class ShapesDataset(Dataset):
             raise ValueError(f"noise and clutter: expected >= 0, got {noise!r} and {clutter!r}")
         self.distance = _check_distance(distance, task)
         self.distractors = _check_distractors(distractors, task)
+        self.exclude = _check_exclude(exclude, self.shapes, self.colours)
 
         self.num_samples, self.image_size, self.split = int(num_samples), int(image_size), split
         self.seed, self.task, self.num_objects = int(seed), task, (lo, hi)
@@ -229,6 +254,14 @@ class ShapesDataset(Dataset):
         return np.random.Generator(np.random.PCG64([self.seed, SPLITS.index(self.split), index]))
 
     def _sample_scene(self, rng: np.random.Generator) -> list[Obj]:
+        objects = self._draw_scene(rng)
+        # An excluded combination: draw again from the same stream. Only when `exclude` is set,
+        # so every other scene is what it always was.
+        while any((o.colour, o.shape) in self.exclude for o in objects):
+            objects = self._draw_scene(rng)
+        return objects
+
+    def _draw_scene(self, rng: np.random.Generator) -> list[Obj]:
         lo, hi = self.num_objects
         n = int(rng.integers(lo, hi + 1))
         shapes = [self.shapes[i] for i in rng.integers(0, len(self.shapes), n)]
@@ -398,6 +431,8 @@ class ShapesDataset(Dataset):
                self.colour_jitter, self.background, 1]  # last: renderer version
         if self.distance is not None or self.distractors[1]:  # default keys stay as they were
             cfg += [self.distance, self.distractors]
+        if self.exclude:
+            cfg += [self.exclude]
         return hashlib.sha1(repr(cfg).encode()).hexdigest()[:16]
 
     def _build_cache(self, directory: Path | None) -> None:
