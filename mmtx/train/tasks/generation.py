@@ -533,26 +533,34 @@ class GenerationTask(Task):
     def _judged(self, model, autocast: bool):
         cond, _ = self.conditions(self.grid)
         grid = self.sample_images(model, cond, self.grid, self.seed, autocast=autocast)
+        return self.judge_samples(model, self.eval_samples, self.seed + 1, autocast), grid
+
+    @torch.no_grad()
+    def judge_samples(self, model, n: int, seed: int, autocast: bool = False,
+                      cfg_scale: float | None = None) -> dict:
+        """The evaluation's measures on `n` fresh samples from noise seed `seed` (classes
+        evenly, or the first test captions), at `cfg_scale` (default the task's): fd_shapes and
+        its floor, cond_acc per attribute and its ceiling, sample_s_per_image, and on twins
+        scenes consistency. Only sample_s_per_image without a judge or shapes data."""
         result = {}
-        n = self.eval_samples
         if n == 0:
-            return result, grid
+            return result
         ref = self.reference(2 * n)
         items = [ref[i] for i in range(n)] if ref is not None else []
         if self.cond == "caption":
             if ref is None:
-                return result, grid
+                return result
             cond = self.encode_prompts([it["caption"] for it in items])
         elif self.cond == "class":
             cond = {"y": torch.arange(n) % self.num_classes}  # every class, evenly
         else:
             cond = None
         tic = time.perf_counter()
-        fake = self.sample_images(model, cond, n, self.seed + 1, autocast=autocast)
+        fake = self.sample_images(model, cond, n, seed, autocast=autocast, cfg_scale=cfg_scale)
         result["sample_s_per_image"] = (time.perf_counter() - tic) / n
         judge = self._load_judge()
         if judge is None or ref is None:
-            return result, grid
+            return result
         from ...eval.generation import frechet_report
 
         real = torch.stack([ref[i][self.image_key] for i in range(len(ref))])
@@ -576,7 +584,7 @@ class GenerationTask(Task):
                 if attr in judge.ceiling:
                     result[f"cond_acc_{attr}_ceiling"] = judge.ceiling[attr]
             result["cond_acc_images"] = len(idx)
-        return result, grid
+        return result
 
     # ---------------------------------------------------------------- the run, read back
     def spec(self) -> dict:
