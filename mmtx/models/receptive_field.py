@@ -11,12 +11,20 @@ Global pools (adaptive pools, a mean over the map) are not counted: they average
 widening what any one unit sees, and an average of features that each saw one object cannot tell
 whether two objects are alike. Branches beside the main path (ResNet's `downsample` shortcut)
 are skipped by name; they never see more than the path they bypass.
+
+Registration order is not always the order a model runs its layers (a U-Net registers its
+down-sampling convolutions apart from the stages they follow), and an up-sampling done by a
+function (F.interpolate) is no module. Given `example` inputs, the walk follows the forward pass
+instead: layers in the order they run, and an up-sampling by u between two layers (seen as a
+layer's input map larger than the last layer's output) divides the jump by u. Through a U-Net
+this walks its deepest path, stem to output: the widest field any output unit has.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -41,35 +49,70 @@ def _first(v) -> int:
     return int(v[0] if isinstance(v, (tuple, list)) else v)
 
 
-def receptive_field_layers(model: nn.Module, skip=SKIP) -> list[RFLayer]:
-    """The walk over `model`'s convolutions and pools in registration order, one RFLayer each."""
+def _geometric(model: nn.Module, skip) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, _CONVS + _POOLS) and not any(p in skip for p in name.split("."))]
+
+
+def _run_order(model: nn.Module, layers, example) -> list[tuple[str, nn.Module, float]]:
+    """(name, module, up-sampling before it) for each call of `layers` in `model(*example)`."""
+    calls, hooks = [], []
+    for name, m in layers:
+        def hook(mod, args, out, name=name):
+            calls.append((name, mod, args[0].shape[-1], out.shape[-1]))
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+    order, last = [], None
+    for name, m, side_in, side_out in calls:
+        order.append((name, m, 1.0 if last is None else side_in / last))
+        last = side_out
+    return order
+
+
+def receptive_field_layers(model: nn.Module, skip=SKIP, example=None) -> list[RFLayer]:
+    """The walk over `model`'s convolutions and pools, one RFLayer each: in registration order,
+    or, given `example` (a tuple of forward arguments), in the order `model(*example)` runs
+    them, with up-sampling between them read from their map sizes."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected an nn.Module, got {type(model).__name__}")
+    found = _geometric(model, skip)
+    if example is None:
+        order = [(name, m, 1.0) for name, m in found]
+    else:
+        if not isinstance(example, tuple):
+            raise ValueError(f"example: expected a tuple of forward arguments, got "
+                             f"{type(example).__name__}")
+        order = _run_order(model, found, example)
     rf, jump, layers = 1, 1, []
-    for name, m in model.named_modules():
-        if any(part in skip for part in name.split(".")):
-            continue
+    for name, m, up in order:
+        if up > 1:  # the map grew since the last layer: neighbouring units are closer
+            jump = jump / up
+            jump = int(jump) if float(jump).is_integer() else jump
         if isinstance(m, _CONVS):
             k, s, d = _first(m.kernel_size), _first(m.stride), _first(m.dilation)
         elif isinstance(m, _POOLS):
             k, s = _first(m.kernel_size), _first(m.stride if m.stride is not None else
                                                   m.kernel_size)
             d = _first(getattr(m, "dilation", 1))
-        else:
-            continue
         rf += d * (k - 1) * jump
         jump *= s
         layers.append(RFLayer(name, k, s, d, rf, jump))
     return layers
 
 
-def receptive_field(model: nn.Module, skip=SKIP) -> int:
-    """Theoretical receptive field in pixels (one side) of the last conv/pool layer's units.
+def receptive_field(model: nn.Module, skip=SKIP, example=None) -> int:
+    """Theoretical receptive field in pixels (one side) of the last conv/pool layer's units;
+    `example`: walk in the order the forward pass runs (see the module docstring).
 
     1 for a model without convolutions or pools (each output sees one pixel, or, for a model
     that mixes all positions otherwise, the walk has nothing to say)."""
-    layers = receptive_field_layers(model, skip)
-    return layers[-1].rf if layers else 1
+    layers = receptive_field_layers(model, skip, example)
+    return int(layers[-1].rf) if layers else 1
 
 
 def sees_whole_image(rf: int, image_size: int) -> bool:
