@@ -8,7 +8,13 @@ A new study is a module here with a schema dataclass and a `@register_kind(name,
 function `run(spec, out_dir) -> dict`, imported below.
 """
 
-from . import grid, relation, rnn_vs_transformer, vision_language  # noqa: F401  each registers its kind
+from . import (  # noqa: F401  each registers its kind
+    generation_study,
+    grid,
+    relation,
+    rnn_vs_transformer,
+    vision_language,
+)
 from .grid import load_experiment, run_config
 from .registry import list_kinds, register_kind, run_experiment
 

@@ -483,6 +483,11 @@ class GenerationTask(Task):
         return out
 
     # ---------------------------------------------------------------- evaluation by sampling
+    def judge(self):
+        """The shapes judge for this task's data and judge options (trained once, then cached);
+        None without shapes data or with judge: False."""
+        return self._load_judge()
+
     def _load_judge(self):
         if self._judge is None and self.judge_opts and self.shapes_data is not None:
             from ...eval.judge import load_judge
