@@ -10,34 +10,13 @@ image shape, the scenes' options) and, for captions, tokenizer.json.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from .data import load_tokenizer
-from .train.run import load_run
-from .train.tasks.generation import GenerationTask, save_grid
-
-
-def load_generator(run_dir, vae=None) -> tuple[torch.nn.Module, GenerationTask, object]:
-    """(model in eval mode, its task with the training data's state restored, config). `vae`:
-    the AutoencoderKL folder of a latent run, when not where it was at training."""
-    run_dir = Path(run_dir)
-    model, cfg, task = load_run(run_dir)
-    if cfg.task.name != "generation":
-        raise ValueError(f"run_dir {str(run_dir)!r} trained task {cfg.task.name!r}; mmtx sample "
-                         f"needs a 'generation' run")
-    spec = run_dir / "generation.json"
-    if not spec.is_file():
-        raise FileNotFoundError(f"run_dir {str(run_dir)!r}: no generation.json (written when a "
-                                f"generation run finishes)")
-    task.restore(json.loads(spec.read_text()), vae=vae)
-    tok = run_dir / "tokenizer.json"
-    if task.cond == "caption" and tok.is_file():
-        task.tokenizer = load_tokenizer(tok)
-    return model, task, cfg
+from .train.run import load_generator
+from .train.tasks.generation import save_grid
 
 
 def _slug(text: str) -> str:

@@ -194,8 +194,8 @@ def _check(spec: GenStudySpec) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------------ one run
 def train_generator(spec: GenStudySpec, model: dict, measurement: str, out: Path) -> dict:
     """Train one model on one measurement (or read it back), then measure it."""
-    from ..sample import load_generator
     from ..train import train
+    from ..train.run import load_generator
 
     run_dir = out / "runs" / _run_id(measurement, model["label"])
     done = cache.finished(run_dir)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from ..data import load_tokenizer
 from ..models.registry import create_model
 from .checkpoint import load_weights
 from .config import Config, load_config
@@ -30,3 +31,22 @@ def load_run(run_dir) -> tuple[nn.Module, Config, Task]:
     model = load_weights(create_model(spec["name"], **spec["args"]),
                          run_dir / "model.safetensors")
     return model.eval(), cfg, create_task(cfg.task.name, **cfg.task.args)
+
+
+def load_generator(run_dir, vae=None) -> tuple[nn.Module, Task, Config]:
+    """(model in eval mode, its task with the training data's state restored, config). `vae`:
+    the AutoencoderKL folder of a latent run, when not where it was at training."""
+    run_dir = Path(run_dir)
+    model, cfg, task = load_run(run_dir)
+    if cfg.task.name != "generation":
+        raise ValueError(f"run_dir {str(run_dir)!r} trained task {cfg.task.name!r}; mmtx sample "
+                         f"needs a 'generation' run")
+    spec = run_dir / "generation.json"
+    if not spec.is_file():
+        raise FileNotFoundError(f"run_dir {str(run_dir)!r}: no generation.json (written when a "
+                                f"generation run finishes)")
+    task.restore(json.loads(spec.read_text()), vae=vae)
+    tok = run_dir / "tokenizer.json"
+    if task.cond == "caption" and tok.is_file():
+        task.tokenizer = load_tokenizer(tok)
+    return model, task, cfg
