@@ -11,7 +11,9 @@ registry (`model_info`), never by its name: a new family adds one builder here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,3 +141,15 @@ def small_model():
         return build_small(name, **overrides)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def judge_cache(tmp_path_factory):
+    """MMTX_CACHE in a temporary folder for the module (judges are cached there)."""
+    old = os.environ.get("MMTX_CACHE")
+    os.environ["MMTX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield Path(os.environ["MMTX_CACHE"])
+    if old is None:
+        os.environ.pop("MMTX_CACHE", None)
+    else:
+        os.environ["MMTX_CACHE"] = old

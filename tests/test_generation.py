@@ -5,7 +5,6 @@ clear errors for bad input; the shape_colour data task."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,6 @@ TINY = ["train.max_steps=4", "train.eval_every=2", "train.log_every=2", "train.e
         "data.args.image_size=16", "data.args.num_samples=128", "data.batch_size=16",
         "task.args.grid=4", "task.args.eval_samples=16", "task.args.sample_steps=2",
         "logging.progress=false", TINY_JUDGE]
-
-
-@pytest.fixture(scope="module")
-def judge_cache(tmp_path_factory):
-    """MMTX_CACHE in a temporary folder for the module (judges are cached there)."""
-    old = os.environ.get("MMTX_CACHE")
-    os.environ["MMTX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield Path(os.environ["MMTX_CACHE"])
-    if old is None:
-        os.environ.pop("MMTX_CACHE", None)
-    else:
-        os.environ["MMTX_CACHE"] = old
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ measures it adds: held-out colour-shape combinations, text-to-image composition 
 and the U-Net's receptive field walked in forward order."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -23,19 +22,7 @@ FULL = Path(__file__).parents[1] / "experiments" / "generation_study.yaml"
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """MMTX_CACHE in a temporary folder for the module (judges are cached there)."""
-    old = os.environ.get("MMTX_CACHE")
-    os.environ["MMTX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield Path(os.environ["MMTX_CACHE"])
-    if old is None:
-        os.environ.pop("MMTX_CACHE", None)
-    else:
-        os.environ["MMTX_CACHE"] = old
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, cache_dir):
+def finished(tmp_path_factory, judge_cache):
     out = tmp_path_factory.mktemp("generation_study")
     return out, run_experiment(QUICK, out_dir=out)
 
