@@ -239,10 +239,6 @@ def _measure_class(spec, model, net, task, run_dir, grids) -> dict:
             "fd_curve": read_curve(run_dir / "metrics.jsonl", f"{split}/fd_shapes")}
 
 
-def _background(task) -> tuple:
-    return tuple(2 * b - 1 for b in task.shapes_data.background)  # [0, 1] -> [-1, 1]
-
-
 def _measure_consistency(spec, model, net, task, run_dir, grids) -> dict:
     from ..eval.consistency import consistency
     from ..models.receptive_field import receptive_field
@@ -255,13 +251,13 @@ def _measure_consistency(spec, model, net, task, run_dir, grids) -> dict:
     ref = task.reference(n)
     real = torch.stack([ref[i]["image"] for i in range(n)])
     save_grid(fake[: spec.eval.grid], grids / f"consistency_{model['label']}.png", cols=8)
-    got = consistency(judge, fake, _background(task))
+    got = consistency(judge, fake, task.background)
     rf = None
     if model["role"] != "dit":  # the U-Nets' convolution path; the hybrid adds attention
         # the residual blocks' 1x1 "skip" convolutions bypass the path; they widen nothing
         rf = receptive_field(net, skip=("skip",), example=_example(task)[:2])
     return {"consistency": got["consistency"], "two_objects": got["two_objects"],
-            "consistency_real": consistency(judge, real, _background(task))["consistency"],
+            "consistency_real": consistency(judge, real, task.background)["consistency"],
             "images": n, "receptive_field": rf, "image_size": task.shapes_data.image_size}
 
 
@@ -298,8 +294,8 @@ def _measure_text(spec, model, net, task, run_dir, grids) -> dict:
         fake = task.sample_images(net, cond, len(items), spec.eval.seed)
         scenes = [it["attributes"]["objects"] for it in items]
         real = torch.stack([it["image"] for it in items])
-        out[group] = summarize(composition(judge, fake, scenes, _background(task)))
-        out[f"{group}_real"] = summarize(composition(judge, real, scenes, _background(task)))
+        out[group] = summarize(composition(judge, fake, scenes, task.background))
+        out[f"{group}_real"] = summarize(composition(judge, real, scenes, task.background))
         out[f"{group}_two_objects"] = sum(len(s) == 2 for s in scenes)
         shown.append((fake[: spec.eval.grid // 2], [it["caption"] for it in items]
                       [: spec.eval.grid // 2]))

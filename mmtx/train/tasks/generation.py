@@ -510,6 +510,11 @@ class GenerationTask(Task):
                        sampler_args=self.sampler_args(sampler or self.sampler))
         return out if self.latents is None else self.latents.decode(out)  # (num, C, H, W)
 
+    @property
+    def background(self) -> tuple:
+        """The shapes scenes' background colour in the model's [-1, 1] pixel range."""
+        return tuple(2 * b - 1 for b in self.shapes_data.background)
+
     def sampler_args(self, sampler: str) -> dict:
         """The options the run gives `sampler`: the time shift, for the flow samplers."""
         return {"shift": self.sample_shift} if sampler in FLOW_SAMPLERS else {}
@@ -576,7 +581,7 @@ class GenerationTask(Task):
         if self.shapes_data.task == "twins":  # do the two far-apart objects match?
             from ...eval.consistency import consistency
 
-            bg = tuple(2 * b - 1 for b in self.shapes_data.background)  # [0, 1] -> [-1, 1]
+            bg = self.background
             result["consistency"] = consistency(judge, fake.cpu(), bg)["consistency"]
             result["consistency_ceiling"] = consistency(judge, real[:n], bg)["consistency"]
         targets = self._targets(cond["y"] if self.cond == "class" else None, items)
