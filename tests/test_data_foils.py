@@ -1,5 +1,6 @@
 """Two-object caption scenes, foil captions, object masks and boxes, and their collate."""
 
+import random
 import re
 
 import numpy as np
@@ -238,21 +239,32 @@ def test_collate_pads_objects_and_lists_foils():
             collate([bad, items[1]])
 
 
-def test_caption_collate_encodes_one_foil_per_item():
-    ds = ShapesDataset(24, task="caption", colours=["red", "blue"], return_foils=True)
+def test_caption_collate_encodes_one_foil_per_item_drawn_among_its_kinds():
+    ds = ShapesDataset(48, task="caption", colours=["red", "blue"], return_foils=True)
     items = [ds[i] for i in range(len(ds))]
     tok = WordTokenizer(shapes_vocabulary())
-    batch = CaptionCollate(tok, foils=["swap_attributes", "reverse_relation"])(items)
+    kinds = ["swap_attributes", "reverse_relation"]
+    random.seed(0)
+    batch = CaptionCollate(tok, foils=kinds)(items)
+    drawn = []
     for b, it in enumerate(items):
-        want = it["foil_swap_attributes"] or it["foil_reverse_relation"]
-        assert batch["has_foil"][b].item() == (want is not None)
+        have = [k for k in kinds if it[f"foil_{k}"] is not None]
+        kind = batch["foil_kind"][b]
+        assert (kind in have) if have else kind is None
+        assert batch["has_foil"][b].item() == bool(have)
         ids = batch["foil_ids"][b][batch["foil_mask"][b]].tolist()
-        assert tok.decode(ids) == (want or it["caption"])
-    # two colours only: many items cannot swap colours and fall back to the next kind
+        assert tok.decode(ids) == (it[f"foil_{kind}"] if kind else it["caption"])
+        if len(have) == 2:
+            drawn.append(kind)
+    # two colours only: many items cannot swap colours and take the kind they have; the items
+    # with both kinds show both (taking the first existing kind would never show the second)
     assert any(it["foil_swap_attributes"] is None and it["foil_reverse_relation"] is not None
                for it in items)
+    assert set(drawn) == set(kinds)
     assert (batch["foil_ids"] != batch["caption_ids"]).any(dim=1).tolist() == batch[
         "has_foil"].tolist()
+    random.seed(0)  # the engine seeds Python's RNG every step: the same batch again
+    assert CaptionCollate(tok, foils=kinds)(items)["foil_kind"] == batch["foil_kind"]
     with pytest.raises(ValueError, match="return_foils"):
         CaptionCollate(tok, foils="swap_objects")([ShapesDataset(4, task="caption")[0]])
     with pytest.raises(ValueError, match="kinds"):

@@ -146,21 +146,30 @@ def test_items_are_seeded_only_when_they_draw_from_the_global_rngs():
     assert torch.equal(wrapped[(3, 5)]["image"], wrapped[(3, 5)]["image"])  # same seed, same crop
 
 
+@pytest.mark.parametrize("opt_in", [False, True])
 @pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
-def test_batched_fetch_equals_item_by_item(cache, fraction):
+def test_batched_fetch_equals_item_by_item(cache, fraction, opt_in):
     # The DataLoader fetches a batch through __getitems__ (one tensor operation for cached
-    # shapes); what it gives must be exactly the items __getitem__ gives, through every wrapper.
+    # shapes); what it gives must be exactly the items __getitem__ gives, through every wrapper,
+    # the opt-in masks, boxes and foils (remembered per cached item) included.
     from mmtx.data import build_dataset
     from mmtx.train.data import SeededItems
 
+    extra = dict(task="caption", return_objects=True, return_foils=True) if opt_in else {}
     ds = SeededItems(build_dataset("shapes", "train", num_samples=16, image_size=16,
-                                   fraction=fraction, cache=cache), seed=0)
+                                   fraction=fraction, cache=cache, **extra), seed=0)
     keys = [(0, 5), (0, 2), (1, 7), (0, 2)]
     batched, single = ds.__getitems__(keys), [ds[k] for k in keys]
+    rendered = build_dataset("shapes", "train", num_samples=16, image_size=16,
+                             fraction=fraction, **extra)  # no cache: drawn from scratch
     assert len(batched) == len(single) == 4
-    for b, s in zip(batched, single):
-        assert b.keys() == s.keys()
-        assert torch.equal(b["image"], s["image"])
+    for k, b, s in zip(keys, batched, single):
+        assert b.keys() == s.keys() == rendered[k[1]].keys()
+        for key in b:
+            if torch.is_tensor(b[key]):
+                assert torch.equal(b[key], s[key]) and torch.equal(b[key], rendered[k[1]][key])
+            else:
+                assert b[key] == s[key] == rendered[k[1]][key], key
         assert (b["label"], b["caption"], b["attributes"]) == \
             (s["label"], s["caption"], s["attributes"])

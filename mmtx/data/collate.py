@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import random
 
 import torch
 
@@ -94,10 +95,13 @@ class CaptionCollate:
     tokens. L is the longest caption in the batch, or `max_len` when `pad_to_max_len`.
     A class rather than a closure so DataLoader workers can pickle it.
 
-    With `foils` (a foil kind or several, items from ShapesDataset(return_foils=...)), each
-    item's first existing foil among those kinds is encoded too: `foil_ids` / `foil_mask` like
-    the captions, and `has_foil` (B,) bool, False where the item has none (its row then holds
-    the caption itself; pass has_foil as clip_loss's hard_negative_mask).
+    With `foils` (a foil kind or several, items from ShapesDataset(return_foils=...)), one foil
+    per item is encoded too, drawn uniformly (Python's `random`, which the engine seeds every
+    step) from the kinds the item has: `foil_ids` / `foil_mask` like the captions, `foil_kind`
+    (B,) the kind drawn, and `has_foil` (B,) bool, False where the item has none (its row then
+    holds the caption itself, its kind None; pass has_foil as clip_loss's hard_negative_mask).
+    Drawn rather than taken in order: with the first existing kind, a scene whose colours can
+    be swapped would never show its order foils, and a model would never learn from them.
     """
 
     def __init__(self, tokenizer, max_len: int = 32, pad_to_max_len: bool = False,
@@ -135,12 +139,14 @@ class CaptionCollate:
             if missing:
                 raise ValueError(f"CaptionCollate: items have no {missing} key(s); build the "
                                  f"dataset with return_foils={list(self.foils)}")
-            texts, has = [], []
+            texts, kinds = [], []
             for b, caption in enumerate(batch[self.key]):
-                foil = next((batch[f"foil_{k}"][b] for k in self.foils
-                             if batch[f"foil_{k}"][b] is not None), None)
-                texts.append(caption if foil is None else foil)
-                has.append(foil is not None)
+                have = [k for k in self.foils if batch[f"foil_{k}"][b] is not None]
+                kind = random.choice(have) if have else None
+                texts.append(caption if kind is None else batch[f"foil_{kind}"][b])
+                kinds.append(kind)
             batch["foil_ids"], batch["foil_mask"] = self.encode(texts)
+            batch["foil_kind"] = kinds
+            has = [k is not None for k in kinds]
             batch["has_foil"] = torch.tensor(has, dtype=torch.bool)  # (B,)
         return batch

@@ -233,6 +233,9 @@ class ShapesDataset(Dataset):
         self.return_objects = bool(return_objects)
         self.return_foils = () if return_foils is False or return_foils is None else (
             FOIL_KINDS if return_foils is True else check_foil_kinds(return_foils))
+        # index -> (objects, foil captions) of items whose pixels come from the cache: redrawing
+        # the scene and its foils was a fifth of a hard-negative CLIP's training step
+        self._opt_in_memo: dict[int, tuple[list[Obj], dict]] = {}
         self.in_chans, self.mean, self.std = 3, MEAN, STD
         self.class_names = {
             "shape": list(self.shapes), "colour": list(self.colours), "size": ["small", "large"],
@@ -492,9 +495,7 @@ class ShapesDataset(Dataset):
             image = image.float().mul_(2.0 / 255.0).sub_(1.0)
         item = {"image": image, "label": label, "caption": caption, "attributes": attrs}
         if self.return_objects or self.return_foils:
-            if objects is None:  # cached pixels: the scene alone is cheap to redraw
-                objects = self.scene(index)
-            item.update(self._opt_in_keys(objects))
+            item.update(self._opt_in_keys(index, objects))
         return item
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
@@ -502,27 +503,41 @@ class ShapesDataset(Dataset):
         [self[i] for i in indices]. With cached pixels and no transform, the images are
         converted in one tensor operation rather than three per item: the per-item work was
         ~7% of a small model's training step."""
-        if self._images is None or self.transform is not None or self.return_objects \
-                or self.return_foils:
+        if self._images is None or self.transform is not None:
             return [self[i] for i in indices]
         idx = [self._check_index(i) for i in indices]
         pixels = torch.from_numpy(self._images[idx])  # fancy indexing copies: (N, H, W, 3) uint8
         images = pixels.permute(0, 3, 1, 2).float().mul_(2.0 / 255.0).sub_(1.0).contiguous()
-        return [{"image": image, "label": m["label"], "caption": m["caption"],
-                 "attributes": m["attributes"]}
-                for image, m in zip(images, (self._meta[i] for i in idx))]
+        items = [{"image": image, "label": m["label"], "caption": m["caption"],
+                  "attributes": m["attributes"]}
+                 for image, m in zip(images, (self._meta[i] for i in idx))]
+        if self.return_objects or self.return_foils:
+            for item, i in zip(items, idx):
+                item.update(self._opt_in_keys(i, None))
+        return items
 
-    def _opt_in_keys(self, objects: list[Obj]) -> dict:
-        """The opt-in keys (object masks and boxes, foils) for a scene's objects."""
-        out = {}
+    def _opt_in_keys(self, index: int, objects: list[Obj] | None) -> dict:
+        """The opt-in keys (object masks and boxes, foils) of item `index`, whose objects are
+        given when it was just rendered, None when its pixels came from the cache."""
+        if objects is None:  # cached pixels: the scene is redrawn once, then remembered
+            if index not in self._opt_in_memo:
+                scene = self.scene(index)
+                self._opt_in_memo[index] = scene, self._foils(scene)
+            objects, foils = self._opt_in_memo[index]
+        else:
+            foils = self._foils(objects)
+        out = dict(foils)
         if self.return_objects:
             masks = object_masks(objects, self.image_size)  # (n, H, W) bool
             out["object_masks"] = torch.from_numpy(masks)
             out["object_boxes"] = torch.from_numpy(mask_boxes(masks))  # (n, 4)
-        if self.return_foils:
-            for kind, foil in make_foils(objects, self.return_foils, self.task).items():
-                out[f"foil_{kind}"] = foil
         return out
+
+    def _foils(self, objects: list[Obj]) -> dict:
+        if not self.return_foils:
+            return {}
+        return {f"foil_{kind}": foil
+                for kind, foil in make_foils(objects, self.return_foils, self.task).items()}
 
     def __repr__(self) -> str:
         return (f"ShapesDataset(num_samples={self.num_samples}, image_size={self.image_size}, "
