@@ -92,6 +92,21 @@ def test_relation_objects_are_far_apart():
         assert np.hypot(a["x"] - b["x"], a["y"] - b["y"]) >= 0.45 * ds.image_size - 1e-6
 
 
+@pytest.mark.parametrize("task", ["caption", "twins"])
+def test_size_words_match_the_drawn_sizes(task):
+    # Objects that do not fit are moved before they are shrunk, and not shrunk below their size's
+    # range: a "large" object drawn smaller than a "small" one would make the caption wrong.
+    from mmtx.data.shapes import _RADII
+
+    ds = ShapesDataset(1000, task=task, split="test")
+    side, ranges = ds.image_size, _RADII[2]
+    inside = [ranges[o.size][0] * side - 1e-6 <= o.r <= ranges[o.size][1] * side + 1e-6
+              for i in range(len(ds)) for o in ds.scene(i)]
+    assert np.mean(inside) >= 0.99
+    smallest_large = min(o.r for i in range(len(ds)) for o in ds.scene(i) if o.size == "large")
+    assert smallest_large > 0.9 * ranges["small"][1] * side
+
+
 def test_count_label_matches_connected_components():
     # Pixels more than half covered have centres inside a shape, and shapes are >= 1.5 px apart,
     # so 8-connected components of those pixels are exactly the objects.

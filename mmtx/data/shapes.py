@@ -75,6 +75,12 @@ _RADII = {1: {"small": (0.17, 0.22), "large": (0.28, 0.36)},
           3: {"small": (0.12, 0.15), "large": (0.16, 0.20)}}
 MEAN = (0.5, 0.5, 0.5)  # images are mapped to [-1, 1], convenient for generators too
 STD = (0.5, 0.5, 0.5)
+# Placing objects that do not fit: new positions, then (every _SHRINK_EVERY failed tries) 10%
+# smaller, but not below their size's range for the first _KEEP_SIZES tries: a "large" object
+# shrunk below a "small" one would make its caption wrong (14% of the large objects in caption
+# scenes were, when every failure shrank). Only a scene that fits no other way (many objects,
+# a tiny image) shrinks further.
+_PLACE_TRIES, _SHRINK_EVERY, _KEEP_SIZES = 40, 4, 24
 # Caption scenes keep |larger offset| >= _CLEAR * |smaller offset| between related objects, so
 # "left of" is never a near-diagonal call that "above" would describe as well.
 _CLEAR = 2.0
@@ -100,6 +106,15 @@ def _check_distance(distance, task: str):
         raise ValueError(f"distance: expected 0 < lo <= hi <= 1 (fractions of the image side), "
                          f"got {distance!r}")
     return (lo, hi)
+
+
+def _shrink(radii: np.ndarray, floor: np.ndarray, attempt: int) -> np.ndarray:
+    """The radii for the try after failed try `attempt` (see _PLACE_TRIES)."""
+    if attempt % _SHRINK_EVERY != _SHRINK_EVERY - 1:
+        return radii  # new positions first
+    if attempt >= _KEEP_SIZES:
+        floor = np.zeros_like(floor)
+    return np.maximum(radii * 0.9, np.minimum(radii, floor))
 
 
 def _check_distractors(distractors, task: str) -> tuple[int, int]:
@@ -289,20 +304,20 @@ class ShapesDataset(Dataset):
             colours += [DISTRACTOR_COLOUR] * extra
             sizes += ["small"] * extra
             radii = np.concatenate([radii, rng.uniform(*_RADII[3]["small"], extra) * side])
+            lo_hi = np.concatenate([lo_hi, np.tile(_RADII[3]["small"], (extra, 1))])
             n += extra
-        bounds = radii * np.array([BOUND[s] for s in shapes])  # farthest extent of each shape
+        extent = np.array([BOUND[s] for s in shapes])  # farthest extent of each shape per radius
         # Relation and twins scenes keep their first two objects at least 0.45 of the side apart.
         far = 0.45 * side if self.task in ("relation", "twins") else 0.0
         clear = self.task == "caption"
-        for _ in range(20):  # shrink and retry if the objects do not fit
+        for attempt in range(_PLACE_TRIES):
             if self.distance is None:
-                pos = self._place(rng, bounds, far, clear)
+                pos = self._place(rng, radii * extent, far, clear)
             else:
-                pos = self._place_at_distance(rng, bounds)
+                pos = self._place_at_distance(rng, radii * extent)
             if pos is not None:
                 break
-            radii *= 0.9
-            bounds *= 0.9
+            radii = _shrink(radii, lo_hi[:, 0] * side, attempt)
         if pos is None:
             raise RuntimeError(f"could not place {n} objects in a {side} px image")
         rgb = np.array([COLOURS.get(c, _GREY) for c in colours])  # (n, 3)
@@ -431,7 +446,7 @@ class ShapesDataset(Dataset):
     def _config_key(self) -> str:
         cfg = [self.num_samples, self.image_size, self.split, self.seed, self.task,
                self.num_objects, self.shapes, self.colours, self.noise, self.clutter,
-               self.colour_jitter, self.background, 1]  # last: renderer version
+               self.colour_jitter, self.background, 2]  # last: renderer version
         if self.distance is not None or self.distractors[1]:  # default keys stay as they were
             cfg += [self.distance, self.distractors]
         if self.exclude:
