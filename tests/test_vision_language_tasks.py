@@ -105,6 +105,33 @@ def test_contrastive_task_and_zeroshot_command(tmp_path, images, capsys, hard_ne
     assert "'dog' has a word outside the model's vocabulary" in capsys.readouterr().err
 
 
+def test_contrastive_step_encodes_captions_and_foils_in_one_pass_as_if_apart():
+    # The step runs captions and foils through the text tower as one padded batch; the loss
+    # must be the one of each encoded on its own (foils may be longer than their captions).
+    from mmtx.data import CaptionCollate
+    from mmtx.models import create_model
+    from mmtx.models.contrastive import clip_loss
+    from mmtx.train.tasks import create_task
+
+    kinds = ["swap_attributes", "reverse_relation"]
+    ds = ShapesDataset(num_samples=12, task="caption", image_size=16, return_foils=kinds)
+    task = create_task("contrastive", max_len=16, hard_negatives=kinds)
+    model = create_model("clip_tiny_patch4_32", **task.model_kwargs(ds), dim=16, depth=1,
+                         num_heads=2, text_dim=16, text_depth=1, embed_dim=16)
+    batch = CaptionCollate(task.tokenizer, 16, foils=kinds)([ds[i] for i in range(len(ds))])
+    batch["foil_ids"] = torch.nn.functional.pad(batch["foil_ids"], (0, 2))  # longer than captions
+    batch["foil_mask"] = torch.nn.functional.pad(batch["foil_mask"], (0, 2))
+    loss, _ = task.step(model, batch)
+    with torch.no_grad():
+        want = clip_loss(model.encode_image(batch["image"]),
+                         model.encode_text(batch["caption_ids"], batch["caption_mask"]),
+                         model.scale(),
+                         hard_negatives=model.encode_text(batch["foil_ids"], batch["foil_mask"]),
+                         hard_negative_mask=batch["has_foil"])
+    assert batch["has_foil"].any()
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_hard_negatives_need_foils_in_the_data(tmp_path):
     cfg = _config("clip_tiny_patch4_32", {"name": "contrastive",
                                           "args": {"hard_negatives": ["swap_objects"]}})
