@@ -304,6 +304,7 @@ def test_vision_language_quick_end_to_end(tmp_path, request):
     assert 0.0 <= by["clip"]["image_to_text_R@1"] <= 1.0 and "zero_shot_shape" in by["negclip"]
     report = (tmp_path / "report.md").read_text()
     assert "| negclip | contrastive |" in report and "## Targets" in report
+    assert "## Runs" in report and "| captioner | " in report.split("## Runs")[1]
     for name in ("foils.png", "attention_captioner.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 0
 

@@ -16,6 +16,7 @@ and steps on two-object shapes scenes. On held-out scenes the report gives:
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,6 +241,7 @@ def _targets(spec: VLSpec, results: list[dict]) -> list[str]:
 @register_kind("vision_language", VLSpec)
 def run_vision_language(spec: VLSpec, out: Path) -> dict:
     _check(spec)
+    t0 = time.perf_counter()
     jobs = [Job(m["label"], train_and_evaluate, (spec, m, out),
                 log=out / "runs" / m["label"] / "train.log",
                 done=cache.finished(out / "runs" / m["label"]) is not None)
@@ -258,10 +260,17 @@ def run_vision_language(spec: VLSpec, out: Path) -> dict:
                             *(f"foil: {k.replace('_', ' ')}" for k in FOIL_KINDS),
                             "pointing", "random point"], rows)
     n = {k: results[0][f"foil_{k}_n"] for k in FOIL_KINDS}
+    runs = markdown_table(["model", "parameters", "steps", "training (s)", "with evaluations (s)"],
+                          [[r["model"], f"{r['params']:,}", r["steps"], f"{r['train_s']:.0f}",
+                            f"{r['wall_s']:.0f}"] for r in results])
     sections = ["## Results (held-out scenes)", "", table, "",
                 f"Foil tests: {spec.eval.images} test scenes; foils exist for "
                 + ", ".join(f"{v} ({k.replace('_', ' ')})" for k, v in n.items())
-                + "; chance is 50%.", "", "![foil accuracy](foils.png)", ""]
+                + "; chance is 50%.", "", "![foil accuracy](foils.png)", "",
+                "## Runs", "", runs, "",
+                f"{spec.jobs} run(s) at a time; this invocation took "
+                f"{time.perf_counter() - t0:.0f} s (runs finished by an earlier invocation are "
+                "read back, not trained).", ""]
     targets = _targets(spec, results)
     if targets:
         sections += ["## Targets", "", *targets, ""]
