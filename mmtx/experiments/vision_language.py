@@ -242,12 +242,17 @@ def _targets(spec: VLSpec, results: list[dict]) -> list[str]:
 def run_vision_language(spec: VLSpec, out: Path) -> dict:
     _check(spec)
     t0 = time.perf_counter()
+    # Hard-negative runs start first: they are the longest (their text tower also encodes a foil
+    # per caption), so the shorter runs share the other workers meanwhile.
+    order = sorted(range(len(spec.models)),
+                   key=lambda i: not (spec.models[i].get("task_args") or {}).get("hard_negatives"))
     jobs = [Job(m["label"], train_and_evaluate, (spec, m, out),
                 log=out / "runs" / m["label"] / "train.log",
                 done=cache.finished(out / "runs" / m["label"]) is not None)
-            for m in spec.models]
-    results = run_jobs(jobs, spec.jobs, describe=lambda r: ", ".join(
+            for m in (spec.models[i] for i in order)]
+    done = run_jobs(jobs, spec.jobs, describe=lambda r: ", ".join(
         f"{k} {_pct(r.get(k))}" for k in ("exact", "image_to_text_R@1") if k in r))
+    results = [done[order.index(i)] for i in range(len(spec.models))]  # the file's order
     if not is_main_process():
         return {"experiment": spec.name, "out_dir": str(out), "runs": results}
     _foil_plot(results, out / "foils.png")
