@@ -100,10 +100,11 @@ def test_size_words_match_the_drawn_sizes(task):
 
     ds = ShapesDataset(1000, task=task, split="test")
     side, ranges = ds.image_size, _RADII[2]
+    objects = [o for i in range(len(ds)) for o in ds.scene(i)]
     inside = [ranges[o.size][0] * side - 1e-6 <= o.r <= ranges[o.size][1] * side + 1e-6
-              for i in range(len(ds)) for o in ds.scene(i)]
+              for o in objects]
     assert np.mean(inside) >= 0.99
-    smallest_large = min(o.r for i in range(len(ds)) for o in ds.scene(i) if o.size == "large")
+    smallest_large = min(o.r for o in objects if o.size == "large")
     assert smallest_large > 0.9 * ranges["small"][1] * side
 
 

@@ -71,10 +71,11 @@ class ContrastiveTask(Task):
             ids, mask = _stack_texts((ids, mask), (batch["foil_ids"], batch["foil_mask"]),
                                      self.tokenizer.pad_id)
         images, texts, scale = model(batch["image"], ids, mask)
-        texts, foils = texts[:n], (texts[n:].float() if self.hard_negatives else None)
+        foils = has_foil = None
+        if self.hard_negatives:
+            texts, foils, has_foil = texts[:n], texts[n:].float(), batch["has_foil"]
         loss = clip_loss(images.float(), texts.float(), scale.float(), hard_negatives=foils,
-                         hard_negative_mask=batch["has_foil"] if self.hard_negatives else None,
-                         ddp_average=True)
+                         hard_negative_mask=has_foil, ddp_average=True)
         return loss, {"loss": loss.detach(), "logit_scale": scale.detach().float()}
 
     def eval_step(self, model, batch):
