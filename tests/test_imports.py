@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1] / "mmtx"
 
 # DESIGN.md's one-way chain, left to right.
 # The commands that use trained runs (predict: caption, zeroshot; sample) sit with the CLI.
-CHAIN = {"layers": 0, "models": 1, "diffusion": 2, "train": 3, "experiments": 4, "cli": 5,
+# mmtx.io (atomic writes, the directory lock) sits below everything and imports nothing of mmtx.
+CHAIN = {"io": -1, "layers": 0, "models": 1, "diffusion": 2, "train": 3, "experiments": 4, "cli": 5,
          "predict": 5, "sample": 5}
 SIDE = {"data", "eval", "viz"}  # used from above; never import train, experiments or cli
 EXEMPT = {"", "__main__"}  # mmtx/__init__.py, mmtx/__main__.py

@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_train_support import TinyMLP, run_in_subprocess_env, splits, tiny_config
 
+from mmtx.io import DirectoryInUse
 from mmtx.train import (
     NonFiniteLossError,
     latest_checkpoint,
@@ -20,7 +21,6 @@ from mmtx.train import (
     load_weights,
     train,
 )
-from mmtx.train.checkpoint import DirectoryInUse
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -14,16 +14,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-def read_utf8(path, what: str) -> str:
-    """The text of a UTF-8 file; any other encoding is a ValueError naming the file (`what`
-    says what it is, e.g. "captions") and the first byte that does not decode."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {str(path)!r}: not UTF-8 text (byte {e.start} is "
-                         f"{e.object[e.start]:#04x}); save it as UTF-8") from None
-
-
 def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from .base import SPLITS, load_rgb, read_utf8
+from ..io import read_utf8
+from .base import SPLITS, load_rgb
 from .transforms import STATS, build_transforms
 from .vision import bad_file_error, check_images
 

@@ -41,13 +41,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..io import atomic_path, write_json
 from .render import BOUND, COLOURS, SHAPES, Obj, add_clutter, mask_boxes, object_masks, render
 from .scene_text import (
     FOIL_KINDS,
@@ -474,13 +474,9 @@ class ShapesDataset(Dataset):
         if directory is not None:
             # Written under temporary names, then renamed (metadata last, as the loader checks
             # both): runs sharing the directory never read half a file.
-            directory.mkdir(parents=True, exist_ok=True)
-            tmp = f".{os.getpid()}.tmp"
-            with open(npy.with_name(npy.name + tmp), "wb") as f:
+            with atomic_path(npy) as tmp, open(tmp, "wb") as f:
                 np.save(f, images, allow_pickle=False)
-            npy.with_name(npy.name + tmp).replace(npy)
-            meta.with_name(meta.name + tmp).write_text(json.dumps(metas))
-            meta.with_name(meta.name + tmp).replace(meta)
+            write_json(meta, metas)
             log.info("shapes: cached %s split at %s", self.split, npy)
 
     @property

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .base import check_split, read_utf8
+from ..io import read_utf8
+from .base import check_split
 from .tokenizers import ByteTokenizer, WordTokenizer
 
 _COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]

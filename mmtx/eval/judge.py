@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..data.render import COLOURS, SHAPES
 from ..data.shapes import ShapesDataset
+from ..io import atomic_path
 from .generation import conditional_accuracy
 
 ATTRIBUTES = ("shape", "colour", "size")
@@ -274,18 +274,11 @@ def save_judge(judge: Judge, path: str | Path, recipe: dict | None = None) -> Pa
     """Weights as safetensors with the configuration, recipe and ceiling as metadata; written
     to a temporary file in the same folder, then renamed into place (atomic)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"config": json.dumps(judge.config), "ceiling": json.dumps(judge.ceiling),
             "recipe": json.dumps(recipe or {}), "version": str(VERSION)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tensors = {k: v.detach().contiguous().clone() for k, v in judge.state_dict().items()}
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensors = {k: v.detach().contiguous().clone() for k, v in judge.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

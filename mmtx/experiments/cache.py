@@ -7,23 +7,11 @@ presence means the run completed; a run killed before that point resumes from it
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..io import write_json
+
 RESULT = "result.json"
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically and durably: a crash, even of the machine, never leaves half a
-    file (the data reaches the disk before the rename makes it visible)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def finished(run_dir: Path) -> dict | None:

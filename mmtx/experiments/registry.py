@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..train.checkpoint import exclusive
+from ..io import exclusive
 from .spec import load_spec, read_tree
 
 DEFAULT_KIND = "grid"

@@ -7,55 +7,21 @@ checkpoint intact. Nothing here unpickles: torch.load only ever runs with weight
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pickle
 import re
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from ..io import atomic_path, write_json
+
 STATE_FILE = "train_state.json"  # written last: its presence marks a complete checkpoint
-LOCK_FILE = ".lock"
 _NAME = re.compile(r"^step_(\d+)$")
-
-
-class DirectoryInUse(ValueError):
-    """Another live process is writing the run (or experiment) directory asked for."""
-
-
-@contextmanager
-def exclusive(directory: str | Path, what: str = "run_dir"):
-    """Hold an flock on DIRECTORY/.lock while the block runs: one writer per directory. A
-    second process is refused at once, naming the holder's pid. The kernel drops the lock when
-    its holder exits, even by SIGKILL, so a crash never leaves a stale lock behind.
-
-    Under `accelerate launch` every process runs the same code and rank 0 writes the files,
-    so rank 0 alone takes the lock (RANK is unset for a single process)."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield
-        return
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_FILE, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"  # the holder writes its pid just after
-            raise DirectoryInUse(f"{what} {str(directory)!r} is in use by another process "
-                                 f"(pid {holder}); wait for it to end, or stop it (Ctrl-C "
-                                 f"saves a checkpoint) and run again") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        yield
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -98,10 +64,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, *,
     if accelerator.is_main_process:
         if ema is not None:
             save_file(_contiguous(ema.module.state_dict()), str(tmp / "ema.safetensors"))
-        with open(tmp / STATE_FILE, "w") as f:
-            json.dump(state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+        write_json(tmp / STATE_FILE, state)
         os.replace(tmp, final)  # atomic on one filesystem
         for _, old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -167,8 +130,10 @@ def _contiguous(state_dict: dict) -> dict:
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Weights only, as safetensors (tied weights are handled by safetensors' save_model)."""
-    save_model(model, str(path))
+    """Weights only, as safetensors (tied weights are handled by safetensors' save_model),
+    written atomically: an interrupted save leaves the previous file whole."""
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp))
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:

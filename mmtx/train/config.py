@@ -18,7 +18,7 @@ from typing import Any, Union  # Union: matched at runtime in _coerce
 
 import yaml
 
-from ..data.base import read_utf8
+from ..io import read_utf8
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")

@@ -27,6 +27,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from ..io import exclusive
 from ..models.registry import create_model
 from . import checkpoint as ckpt
 from .config import RESUMABLE, Config, config_changes, load_config
@@ -291,7 +292,7 @@ class Trainer:
     def fit(self) -> dict:
         # One writer per run directory: a second trainer would interleave metrics and replace
         # checkpoints and config.yaml under this one.
-        with ckpt.exclusive(self.run_dir):
+        with exclusive(self.run_dir):
             return self._fit_locked()
 
     def _fit_locked(self) -> dict:
