@@ -30,6 +30,7 @@ from mmtx.layers.conditioning import (
     timestep_frequencies,
 )
 from mmtx.layers.position import sinusoidal_encoding
+from mmtx.models.conditioning import Conditioner
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -48,8 +49,8 @@ class ToyDenoiser(nn.Module):
 
     def __init__(self, dim: int = 128, depth: int = 2):
         super().__init__()
-        self.t_emb = TimestepEmbedding(dim, freq_dim=64)
-        self.y_emb = LabelEmbedding(NUM_MODES, dim, drop_prob=0.2)
+        # t + y, each label made the null class with probability 0.2 in training
+        self.cond = Conditioner(dim, NUM_MODES, cond_drop=0.2, freq_dim=64)
         self.inp = nn.Linear(2, dim)
         self.norms = nn.ModuleList([nn.LayerNorm(dim, elementwise_affine=False)
                                     for _ in range(depth)])
@@ -59,7 +60,7 @@ class ToyDenoiser(nn.Module):
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2))
 
     def forward(self, x, t, y):
-        c = nn.functional.silu(self.t_emb(t) + self.y_emb(y))  # (B, dim)
+        c = nn.functional.silu(self.cond(t, y, batch=x.shape[0])[0])  # (B, dim)
         h = self.inp(x)  # (B, dim)
         for norm, ada, mlp in zip(self.norms, self.ada, self.mlps):
             shift, scale = ada(c).chunk(2, dim=-1)  # (B, dim) each
@@ -324,19 +325,11 @@ def test_timestep_embedding_reads_float_and_integer_t():
     assert not torch.allclose(emb(torch.tensor([0.1])), emb(torch.tensor([0.2])), atol=1e-4)
 
 
-def test_label_embedding_null_and_drop():
-    emb = LabelEmbedding(4, 8, drop_prob=0.5)
-    labels = torch.tensor([0, 1, 2, 3])
+def test_label_embedding_null_row():
+    emb = LabelEmbedding(4, 8)
+    labels = torch.tensor([0, 1, 2, 4])
     assert emb.null_index == 4 and emb.table.num_embeddings == 5
-    forced = emb.drop(labels, p=0.0, force_drop=torch.tensor([True, False, True, False]))
-    assert forced.tolist() == [4, 1, 4, 3]
-    g = torch.Generator().manual_seed(0)
-    dropped = emb.drop(labels.repeat(1000), generator=g)
-    assert (dropped == 4).float().mean().item() == pytest.approx(0.5, abs=0.05)
-    emb.eval()  # no random drops in eval mode
-    torch.testing.assert_close(emb(labels), emb.table.weight[:4])
-    torch.testing.assert_close(emb(labels, force_drop=torch.ones(4, dtype=torch.bool)),
-                               emb.table.weight[[4, 4, 4, 4]])
+    torch.testing.assert_close(emb(labels), emb.table.weight[[0, 1, 2, 4]])
 
 
 def test_modulate():

@@ -19,29 +19,20 @@ Conditions, and the "null" condition that classifier-free guidance needs:
     null_cond={"caption_ids": pad_id, "caption_mask": 0}.
   - y=None / caption_ids=None: that condition's null (the unconditional prediction).
 In training mode each row's condition is replaced by the null one with probability `cond_drop`
-(DiT's label dropout, 0.1), so one network also learns the unconditional prediction.
+(DiT's label dropout, 0.1), so one network also learns the unconditional prediction; or, given
+`cond_drop_mask` (B,) bool, exactly where it is True (`mmtx.models.conditioning` owns the drop).
 
 `from_diffusers_dit` loads a diffusers `DiTTransformer2DModel` (the published DiT-XL/2 weights).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
-from ..layers import (
-    Encoder,
-    LabelEmbedding,
-    PatchEmbed,
-    TimestepEmbedding,
-    modulate,
-    sincos_2d_encoding,
-    unpatchify,
-)
+from ..layers import Encoder, PatchEmbed, modulate, sincos_2d_encoding, unpatchify
+from .conditioning import CaptionConditioner, Conditioner, check_labels  # noqa: F401 (old path)
 from .registry import register_model
-from .text import TextEncoder, check_ids
 
 SINCOS = ("mmtx", "diffusers")
 
@@ -58,168 +49,13 @@ def diffusers_sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
     return torch.cat(halves, dim=-1)
 
 
-class DiffusersTimestepEmbedding(TimestepEmbedding):
-    """`TimestepEmbedding` with the frequencies of diffusers' DiT: `Timesteps(256,
-    flip_sin_to_cos=True, downscale_freq_shift=1)`, i.e. 10000^(-i / (half - 1)) for i < half,
-    laid out as [cos | sin].
-
-    `timestep_frequencies` spaces them 10000^(-i / half) (shift 0, the original DiT's) and
-    interleaves sin and cos; the layout alone could be absorbed by permuting weights, the spacing
-    cannot, and TimestepEmbedding has no option for it. t is read as there: float t in [0, 1] is
-    scaled by t_scale, an integer t is a DDPM step.
-    """
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        if t.dim() > 1:
-            raise ValueError(f"t must be a scalar or (B,), got shape {tuple(t.shape)}")
-        t = t.reshape(-1)  # (B,)
-        if t.is_floating_point():
-            t = t * self.t_scale
-        half = self.freq_dim // 2
-        exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device)
-        angle = t.float()[:, None] * torch.exp(exponent / (half - 1))[None]  # (B, half)
-        freqs = torch.cat([angle.cos(), angle.sin()], dim=-1)  # (B, freq_dim)
-        return self.mlp(freqs.to(self.mlp[0].weight.dtype))  # (B, dim)
-
-
-class CaptionConditioner(nn.Module):
-    """Caption token ids -> the context that cross-attention reads and a pooled vector for c.
-
-    ids (B, L) [+ mask (B, L), 1 on real tokens; default ids != pad_id] ->
-    context (B, 1 + L, text_dim), context_mask (B, 1, 1, 1 + L) bool, pooled (B, cond_dim).
-    Position 0 of the context is a learned null token, visible only to null rows (no real token,
-    or dropped); the others see only their real tokens. The pooled vector is the mean of the
-    visible context, projected to cond_dim, so a null row pools to the null token.
-    """
-
-    def __init__(self, vocab_size: int, max_len: int, cond_dim: int, dim: int = 256,
-                 depth: int = 2, num_heads: int = 4, pad_id: int = 0, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0):
-        super().__init__()
-        self.max_len, self.pad_id = max_len, pad_id
-        self.encoder = TextEncoder(vocab_size, max_len, dim, depth, num_heads, pool="mean",
-                                   num_classes=0, mlm_head=False, pooler=False,
-                                   drop_rate=drop_rate, attn_drop_rate=attn_drop_rate)
-        self.null = nn.Parameter(torch.zeros(1, 1, dim))
-        self.proj = nn.Linear(dim, cond_dim)
-        self.init_weights()
-
-    def init_weights(self):
-        self.encoder.init_weights()  # BERT's N(0, 0.02)
-        nn.init.normal_(self.null, std=0.02)  # as the null class row of LabelEmbedding
-        nn.init.xavier_uniform_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
-                drop: torch.Tensor | None = None):
-        check_ids(ids, self.encoder.embed.vocab_size, "caption_ids")
-        B, L = ids.shape
-        if L > self.max_len:
-            raise ValueError(f"caption_ids has {L} tokens, more than max_caption_len="
-                             f"{self.max_len}")
-        if mask is None:
-            mask = ids != self.pad_id
-        elif tuple(mask.shape) != (B, L):
-            raise ValueError(f"caption_mask must have caption_ids' shape {(B, L)}, got "
-                             f"{tuple(mask.shape)}")
-        mask = mask.bool()
-        null = ~mask.any(1, keepdim=True)  # (B, 1) rows with no real token
-        if drop is not None:
-            null = null | drop[:, None]
-        mask = mask & ~null
-        tokens = self.encoder.forward_features(ids, attention_mask=mask)  # (B, L, dim)
-        context = torch.cat([self.null.expand(B, 1, -1).to(tokens.dtype), tokens], 1)
-        visible = torch.cat([null, mask], dim=1)  # (B, 1 + L), every row sees >= 1 token
-        w = visible.to(context.dtype)[..., None]  # (B, 1 + L, 1)
-        pooled = (context * w).sum(1) / w.sum(1)  # (B, dim)
-        return context, visible[:, None, None, :], self.proj(pooled)
-
-
-def check_labels(y, num_classes: int, batch: int) -> None:
-    """y must be integer class ids (batch,) in [0, num_classes] (num_classes = null)."""
-    if not isinstance(y, torch.Tensor) or y.is_floating_point() or tuple(y.shape) != (batch,):
-        got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y)
-        raise ValueError(f"y must be integer class ids of shape ({batch},), got {got}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) > num_classes):
-        raise ValueError(f"y must lie in [0, {num_classes}] ({num_classes} = the null class), "
-                         f"got values in [{int(y.min())}, {int(y.max())}]")
-
-
-class Conditioner(nn.Module):
-    """Timestep, class label and caption -> the conditioning vector c (B, dim) [+ the caption's
-    context for cross-attention], shared by the DiT and the U-Net.
-
-    forward(t, y=None, caption_ids=None, caption_mask=None, batch=B) -> (c (B, dim), context
-    (B, 1 + L, text_dim) or None, context_mask (B, 1, 1, 1 + L) or None). In training mode each
-    row is made unconditional (null class and null caption together) with probability
-    `cond_drop`. time_embed="diffusers" uses diffusers' DiT timestep frequencies.
-    """
-
-    def __init__(self, dim: int, num_classes: int = 0, vocab_size: int = 0, *,
-                 cond_drop: float = 0.1, freq_dim: int = 256, time_embed: str = "mmtx",
-                 max_caption_len: int = 32, text_dim: int = 256, text_depth: int = 2,
-                 text_heads: int = 4, pad_id: int = 0, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0):
-        super().__init__()
-        if num_classes < 0 or vocab_size < 0:
-            raise ValueError(f"num_classes and vocab_size must be >= 0 (0 = no such condition),"
-                             f" got {num_classes}, {vocab_size}")
-        if not 0.0 <= cond_drop < 1.0:
-            raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
-        self.num_classes, self.cond_drop = num_classes, cond_drop
-        t_embed = DiffusersTimestepEmbedding if time_embed == "diffusers" else TimestepEmbedding
-        self.t_embed = t_embed(dim, freq_dim)
-        # The label embedding drops nothing itself: forward draws one drop per row for every
-        # condition, so a dropped row is fully unconditional.
-        self.y_embed = LabelEmbedding(num_classes, dim) if num_classes else None
-        self.caption = CaptionConditioner(
-            vocab_size, max_caption_len, dim, text_dim, text_depth, text_heads, pad_id,
-            drop_rate, attn_drop_rate) if vocab_size else None
-
-    def init_weights(self) -> None:
-        self.t_embed.init_weights()  # N(0, 0.02), DiT's
-        if self.y_embed is not None:
-            nn.init.normal_(self.y_embed.table.weight, std=0.02)  # DiT's
-        if self.caption is not None:
-            self.caption.init_weights()
-
-    def forward(self, t, y=None, caption_ids=None, caption_mask=None, *, batch: int):
-        device = self.t_embed.mlp[0].weight.device
-        t = torch.as_tensor(t, device=device)
-        t = t.expand(batch) if t.dim() == 0 else t  # (B,)
-        if tuple(t.shape) != (batch,):
-            raise ValueError(f"t must be a scalar or ({batch},), got shape {tuple(t.shape)}")
-        drop = None
-        if self.training and self.cond_drop > 0:
-            drop = torch.rand(batch, device=device) < self.cond_drop  # (B,) rows made null
-        c = self.t_embed(t)  # (B, dim)
-        if y is not None and self.y_embed is None:
-            raise ValueError("y (class labels) given to a model built with num_classes=0")
-        if self.y_embed is not None:
-            if y is None:
-                y = torch.full((batch,), self.num_classes, device=device)  # the null class
-            check_labels(y, self.num_classes, batch)
-            c = c + self.y_embed(y, force_drop=drop)
-        if caption_ids is not None and self.caption is None:
-            raise ValueError("caption_ids given to a model built with vocab_size=0")
-        if self.caption is None:
-            return c, None, None
-        if caption_ids is None:  # the null caption: one pad token, no real token
-            caption_ids = torch.full((batch, 1), self.caption.pad_id, device=device)
-            caption_mask = torch.zeros(batch, 1, dtype=torch.bool, device=device)
-        if caption_ids.dim() != 2 or caption_ids.shape[0] != batch:
-            raise ValueError(f"caption_ids must be ({batch}, L), got shape "
-                             f"{tuple(caption_ids.shape)}")
-        context, context_mask, pooled = self.caption(caption_ids, caption_mask, drop)
-        return c + pooled, context, context_mask
-
-
 class DiT(nn.Module):
     """A diffusion transformer over patch tokens; see the module docstring.
 
     forward(x (B, in_chans, H, W), t (B,) or scalar, y=None, caption_ids=None,
-    caption_mask=None) -> (B, out_chans, H, W); any H, W divisible by patch_size (the sin-cos
-    table is recomputed for the grid). t: float in [0, 1] (flow matching) or integer DDPM steps.
+    caption_mask=None, cond_drop_mask=None) -> (B, out_chans, H, W); any H, W divisible by
+    patch_size (the sin-cos table is recomputed for the grid). t: float in [0, 1] (flow
+    matching) or integer DDPM steps.
     Captions: vocab_size > 0 adds a `TextEncoder` (text_dim wide, text_depth blocks) whose
     tokens every block reads by cross-attention. sincos="diffusers" lays the fixed tables
     (positions, timestep frequencies) out as diffusers' DiT does, for converted weights.
@@ -336,10 +172,11 @@ class DiT(nn.Module):
         out = unpatchify(out, self.patch_embed.patch_size, height, width)  # (B, out, H, W)
         return out if self.conv_out is None else self.conv_out(out)
 
-    def forward(self, x, t, y=None, caption_ids=None, caption_mask=None):
+    def forward(self, x, t, y=None, caption_ids=None, caption_mask=None, cond_drop_mask=None):
         if x.dim() != 4:
             raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
-        c, context, context_mask = self.cond(t, y, caption_ids, caption_mask, batch=x.shape[0])
+        c, context, context_mask = self.cond(t, y, caption_ids, caption_mask, batch=x.shape[0],
+                                             drop=cond_drop_mask)
         tokens = self.forward_features(x, c, context, context_mask)
         return self.forward_head(tokens, c, *x.shape[-2:])
 

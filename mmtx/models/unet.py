@@ -6,16 +6,17 @@
                    -> GroupNorm, SiLU, conv -> (B, C, H, W)
 
 Residual blocks are GroupNorm-SiLU-conv twice (DDPM, Ho et al. 2020); the conditioning vector
-(timestep + class + pooled caption, the DiT's `Conditioner`) enters every residual block, as the
-scale and shift of its second norm (cond_mode="film", ADM's scale-shift norm) or added to its
-features ("add", DDPM's). With no `attn_resolutions` there is no attention anywhere: a caption
-reaches the network only through its pooled embedding. The hybrid adds, at the feature-map sizes
+(timestep + class + pooled caption, `mmtx.models.conditioning.Conditioner`) enters every
+residual block, as the scale and shift of its second norm (cond_mode="film", ADM's scale-shift
+norm, the Block's `modulate`) or added to its features ("add", DDPM's). With no
+`attn_resolutions` there is no attention anywhere: a caption reaches the network only through
+its pooled embedding. The hybrid adds, at the feature-map sizes
 in `attn_resolutions`, the shared `mmtx.layers.Block` over the pixels (self-attention, and
 cross-attention to the caption tokens when caption-conditioned): the same attention as the DiT.
 
-Same interface as the DiT: forward(x, t, y=None, caption_ids=None, caption_mask=None), the null
-class and null caption for classifier-free guidance, `cond_drop` in training, and an untrained
-U-Net predicts exactly zero.
+Same interface as the DiT: forward(x, t, y=None, caption_ids=None, caption_mask=None,
+cond_drop_mask=None), the null class and null caption for classifier-free guidance, `cond_drop`
+in training, and an untrained U-Net predicts exactly zero.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import Block, DropPath
-from .dit import Conditioner
+from ..layers import Block, DropPath, modulate
+from .conditioning import Conditioner
 from .registry import register_model
 
 COND_MODES = ("film", "add")
@@ -50,12 +51,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))  # (B, c_out, H, W)
-        e = self.emb(F.silu(emb))[:, :, None, None]  # (B, 2 c_out | c_out, 1, 1)
+        e = self.emb(F.silu(emb))  # (B, 2 c_out | c_out)
         if self.film:
-            scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            scale, shift = e.chunk(2, dim=1)  # (B, c_out) each
+            h = modulate(self.norm2(h), shift, scale, channel_dim=1)
         else:
-            h = self.norm2(h + e)
+            h = self.norm2(h + e[:, :, None, None])  # (B, c_out, 1, 1) over H, W
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + self.drop_path(h)
 
@@ -209,14 +210,15 @@ class UNet(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x, t, y=None, caption_ids=None, caption_mask=None):
+    def forward(self, x, t, y=None, caption_ids=None, caption_mask=None, cond_drop_mask=None):
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"x must be (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         if x.shape[-2] % self.down_factor or x.shape[-1] % self.down_factor:
             raise ValueError(f"image size must be divisible by {self.down_factor} (the U-Net's "
                              f"down-sampling), got H={x.shape[-2]}, W={x.shape[-1]}")
         emb, context, context_mask = self.cond(t, y, caption_ids, caption_mask,
-                                               batch=x.shape[0])  # emb (B, emb_dim)
+                                               batch=x.shape[0],
+                                               drop=cond_drop_mask)  # emb (B, emb_dim)
         h, skips = self.stem(x), []  # (B, channels[0], H, W)
         for i, stage in enumerate(self.down):
             h = stage(h, emb, context, context_mask, collect=skips)

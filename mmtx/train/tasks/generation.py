@@ -2,9 +2,10 @@
 caption or nothing; evaluation by sampling.
 
 Training: the objective's loss (flow matching's velocity MSE, or DDPM's noise MSE) on the batch
-images, with classifier-free guidance's condition drop done here in the step (each row's
-condition becomes the null class / null caption with probability `cond_drop`), so the model's
-own drop is switched off (`cond_drop=0` in the model kwargs the task gives).
+images, with classifier-free guidance's condition drop drawn here in the step (each row with
+probability `cond_drop`) and passed to the model as `cond_drop_mask`, whose conditioner makes
+those rows the null class / null caption; the model's own draw is switched off (`cond_drop=0` in
+the model kwargs the task gives).
 
 Evaluation (`eval_generated`, on the model the engine passes: the EMA one when kept):
 - a grid of `grid` images from fixed noise and fixed conditions (the same seed every time, so
@@ -319,20 +320,16 @@ class GenerationTask(Task):
         return None
 
     def batch_cond(self, batch: dict, drop: torch.Tensor | None = None) -> dict | None:
-        """The model's condition keywords for a batch; rows where `drop` is True get the null
-        condition."""
+        """The model's condition keywords for a batch; rows where `drop` is True are made
+        unconditional by the model's conditioner (`cond_drop_mask`)."""
         if self.cond == "class":
-            y = batch["label"]
-            if drop is not None:
-                y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-            return {"y": y}
-        if self.cond == "caption":
-            ids, mask = batch["caption_ids"], batch["caption_mask"].bool()
-            if drop is not None:
-                mask = mask & ~drop[:, None]  # (B, L): a row with no real token is null
-                ids = ids.masked_fill(~mask, self.tokenizer.pad_id)
-            return {"caption_ids": ids, "caption_mask": mask}
-        return None
+            cond = {"y": batch["label"]}
+        elif self.cond == "caption":
+            cond = {"caption_ids": batch["caption_ids"],
+                    "caption_mask": batch["caption_mask"].bool()}
+        else:
+            return None
+        return cond if drop is None else {**cond, "cond_drop_mask": drop}
 
     def model_fn(self, model):
         """model(x, t, **cond) as the objective's model_fn(x, t, cond). With prediction "x0"
