@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .data import load_tokenizer
+from .data.base import load_rgb, not_a_file
 from .data.transforms import STATS, build_transforms
 from .train.run import load_run
 
@@ -33,7 +34,9 @@ def _load(run_dir, task: str):
 
 
 def read_images(paths, run_dir, cfg) -> torch.Tensor:
-    """(N, C, H, W) images, each resized and normalised as the run's training data."""
+    """(N, C, H, W) images, each resized and normalised as the run's training data. Every
+    path is checked before any is read: a missing one, a folder, a FIFO or an image of too many
+    pixels is one error naming it."""
     from PIL import Image
 
     spec = json.loads((Path(run_dir) / "model.json").read_text())["args"]
@@ -41,15 +44,16 @@ def read_images(paths, run_dir, cfg) -> torch.Tensor:
     size = size if isinstance(size, int) else size[0]
     name = cfg.data.name if cfg.data.name in STATS else "image_folder"
     transform = build_transforms(name, "none", size, train=False)
-    channels = spec.get("in_chans", 3)
+    mode = "RGB" if spec.get("in_chans", 3) == 3 else "L"
+    for p in paths:
+        problem = not_a_file(p)
+        if problem == "file not found":
+            raise FileNotFoundError(f"image {str(p)!r} does not exist")
+        if problem is not None:
+            raise ValueError(f"image {str(p)!r} {problem}")
     out = []
     for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"image {str(p)!r} does not exist")
-        try:
-            img = Image.open(p).convert("RGB" if channels == 3 else "L")
-        except OSError as e:
-            raise ValueError(f"image {str(p)!r}: not an image PIL can read ({e})") from None
+        img = load_rgb(p, mode)
         if STATS[name].kind != "folder":  # those transforms resize only from their own size
             img = img.resize((size, size), Image.BILINEAR)
         out.append(transform(img))

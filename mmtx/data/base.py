@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +36,8 @@ def _quotas(counts: np.ndarray, total: int) -> np.ndarray:
 def stratified_split(labels, fractions: dict[str, float], seed: int = 0) -> dict[str, np.ndarray]:
     """Disjoint index sets with the given fractions, e.g. {"val": .1, "test": .2}; the rest goes
     to "train". Each part is round(N * fraction) items spread over the classes in proportion
-    (largest remainder, so small classes still reach val/test). Deterministic; indices sorted."""
+    (largest remainder, so small classes still reach val/test). Deterministic; indices sorted;
+    every index in exactly one part (checked: a leak between splits is never silent)."""
     labels = np.asarray(labels)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     quotas = {k: _quotas(counts, int(round(len(labels) * f))) for k, f in fractions.items()}
@@ -46,7 +51,13 @@ def stratified_split(labels, fractions: dict[str, float], seed: int = 0) -> dict
             out[name].append(idx[start : start + quotas[name][c]])
             start += quotas[name][c]
         out["train"].append(idx[start:])
-    return {k: np.sort(np.concatenate(v)) for k, v in out.items()}
+    parts = {k: np.sort(np.concatenate(v)) for k, v in out.items()}
+    every = np.concatenate(list(parts.values()))
+    if len(every) != len(labels) or len(np.unique(every)) != len(labels):
+        raise RuntimeError(f"stratified_split: parts of sizes "  # a bug here, not a user's
+                           f"{ {k: len(v) for k, v in parts.items()} } do not split "
+                           f"{len(labels)} items once each")
+    return parts
 
 
 def stratified_indices(labels, fraction: float, seed: int = 0) -> np.ndarray:
@@ -104,22 +115,73 @@ class SubsetDataset(Dataset):
         return f"SubsetDataset({len(self.indices)} of {self.base!r})"
 
 
+def not_a_file(path) -> str | None:
+    """None when `path` is a regular file (through symlinks), else why not: missing, a folder,
+    a FIFO, a socket or a device. Checked with stat before anything opens the file: opening a
+    FIFO waits for a writer that never comes."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as e:  # a symlink loop, a path through a file, no permission
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, not an image file"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"is {kind}, not a regular file"
+
+
+class _Refused(ValueError):
+    """A file refused before PIL decodes it: not a regular file, or too many pixels."""
+
+
+@contextmanager
+def _open_image(path):
+    """PIL's Image.open with a pixel cap: an image over Image.MAX_IMAGE_PIXELS (PIL's default,
+    about 89 million) is refused before it is decoded, where PIL only warns up to twice that
+    (a few bytes of PNG can claim gigabytes of pixels)."""
+    problem = not_a_file(path)
+    if problem is not None:
+        raise (FileNotFoundError if problem == "file not found" else _Refused)(problem)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise _Refused(f"refused: {e}") from None
+    with im:
+        yield im
+
+
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
+
 def verify_image(path: Path) -> str | None:
     """None if `path` decodes as an image, else the reason it does not."""
     try:
-        with Image.open(path) as im:
+        with _open_image(path) as im:
             im.verify()  # checks structure (PNG checksums) without decoding every pixel
         return None
     except FileNotFoundError:
         return "file not found"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except _Refused as e:
+        return str(e)
+    except _IMAGE_ERRORS as e:
         return f"not a readable image ({type(e).__name__}: {e})"
 
 
 def load_rgb(path, mode: str = "RGB") -> Image.Image:
-    """Open an image as `mode`; a broken file raises ValueError naming it."""
+    """Open an image as `mode`; a missing file raises FileNotFoundError naming it, any other
+    bad file (a folder, a FIFO, too many pixels, not an image) ValueError naming it."""
     try:
-        with Image.open(path) as im:
+        with _open_image(path) as im:
             return im.convert(mode)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except _Refused as e:
+        raise ValueError(f"{path}: {e}") from None
+    except _IMAGE_ERRORS as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -135,14 +136,15 @@ class ImageCaptionFolder(Dataset):
 
     @staticmethod
     def _split_rows(rows: list[dict], split: str) -> list[dict]:
-        images = sorted({r["path"] for r in rows})
+        # by the file each path leads to: "a.png", "./a.png" or a link to it is one image
+        images = sorted({os.path.realpath(r["path"]) for r in rows})
         order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
         n_train = int(round(len(images) * SPLIT_FRACTIONS["train"]))
         n_val = int(round(len(images) * SPLIT_FRACTIONS["val"]))
         bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
                   "test": (n_train + n_val, len(images))}[split]
         chosen = {images[i] for i in order[bounds[0] : bounds[1]]}
-        return [r for r in rows if r["path"] in chosen]
+        return [r for r in rows if os.path.realpath(r["path"]) in chosen]
 
     @property
     def labels(self) -> list[int]:

@@ -151,6 +151,44 @@ def _check_exclude(exclude, shapes, colours) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+# A scene holding an excluded combination is drawn again; a scene that needs more draws than
+# this on average is refused at construction (a hang otherwise), and _REDRAWS bounds the loop:
+# at >= 1 / _MEAN_DRAWS acceptance, 10,000 failed draws in a row happen with odds e^-100.
+_MEAN_DRAWS, _REDRAWS = 100, 10_000
+
+
+def _check_drawable(exclude, shapes, colours, task: str, num_objects) -> None:
+    """Refuse an `exclude` under which a scene of `task` takes over _MEAN_DRAWS draws on
+    average (or can never be drawn), or, for the relation task, under which one of its two
+    labels (same / different shape) can never be drawn."""
+    if not exclude:
+        return
+    ok = np.array([[(c, s) not in exclude for c in colours] for s in shapes], float)  # (S, C)
+    p = ok.mean()  # one object with a free shape and colour is allowed
+    first = ok.mean(1) / len(shapes)  # (S,) P(object 0 has shape s and is allowed)
+    if task == "twins":  # object 1 is a copy of object 0
+        pairs = {"": p}
+    elif task == "relation":  # object 1: the same shape, or one of the others
+        other = (ok.mean(1).sum() - ok.mean(1)) / max(len(shapes) - 1, 1)  # (S,)
+        pairs = {"same shape": float(first @ ok.mean(1)), "different shapes": float(first @ other)}
+    else:
+        pairs = {"": p * p}
+    lo, hi = num_objects
+    for label, pair in pairs.items():
+        rate = np.mean([p if n == 1 else pair * p ** (n - 2) for n in range(lo, hi + 1)])
+        if rate * _MEAN_DRAWS < 1:
+            scenes = f"{task} scenes" + (f" with {label}" if label else "")
+            objects = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            draws = "can never be drawn" if rate == 0 else \
+                f"would take about {1 / rate:,.0f} draws each (at most {_MEAN_DRAWS} allowed)"
+            left = [f"{c} {s}" for i, s in enumerate(shapes) for j, c in enumerate(colours)
+                    if ok[i, j]]
+            left = f" ({', '.join(left)})" if len(left) <= 4 else ""
+            raise ValueError(f"exclude: leaves {int(ok.sum())} of {ok.size} colour-shape "
+                             f"combinations{left}, and {scenes} of {objects} objects "
+                             f"{draws}; exclude fewer combinations or draw fewer objects")
+
+
 def shapes_vocabulary() -> list[str]:
     """Every word and mark a shapes caption can use, so a WordTokenizer built from it never
     meets <unk> on any split: WordTokenizer(shapes_vocabulary())."""
@@ -239,6 +277,7 @@ class ShapesDataset(Dataset):
         self.distance = _check_distance(distance, task)
         self.distractors = _check_distractors(distractors, task)
         self.exclude = _check_exclude(exclude, self.shapes, self.colours)
+        _check_drawable(self.exclude, self.shapes, self.colours, task, (lo, hi))
 
         self.num_samples, self.image_size, self.split = int(num_samples), int(image_size), split
         self.seed, self.task, self.num_objects = int(seed), task, (lo, hi)
@@ -275,9 +314,11 @@ class ShapesDataset(Dataset):
         objects = self._draw_scene(rng)
         # An excluded combination: draw again from the same stream. Only when `exclude` is set,
         # so every other scene is what it always was.
-        while any((o.colour, o.shape) in self.exclude for o in objects):
+        for _ in range(_REDRAWS):
+            if not any((o.colour, o.shape) in self.exclude for o in objects):
+                return objects
             objects = self._draw_scene(rng)
-        return objects
+        raise ValueError(f"exclude: no scene without {list(self.exclude)} in {_REDRAWS:,} draws")
 
     def _draw_scene(self, rng: np.random.Generator) -> list[Obj]:
         lo, hi = self.num_objects

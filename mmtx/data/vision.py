@@ -14,7 +14,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .base import check_split, load_rgb, stratified_split, verify_image
+from .base import SPLITS, check_split, load_rgb, stratified_split, verify_image
 from .transforms import STATS, build_transforms
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,76 @@ def bad_file_error(where: str, reason: str) -> Exception:
     return cls(f"{where}: {reason} (pass skip_bad=True to skip bad files)")
 
 
-def _not_hidden(path: str) -> bool:
-    return not Path(path).name.startswith(".")
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` leads to; None when it cannot be stat'ed (a broken
+    link: the image check reports it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk(top: str, seen: dict[str, str], folder: Path):
+    """(folder path, sorted file names) under `top` (inside `folder`), links followed, in
+    os.walk's top-down order. `seen` maps each real folder read so far to the path it was read
+    by; reaching one a second time (a link back to a folder above, which would list the same
+    files without end, or a second path to a folder already read) is refused, naming both
+    paths."""
+    limit = os.path.realpath(folder)
+    for root, subdirs, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen or os.path.commonpath([real, limit]) == real:
+            first = seen.get(real, str(folder))
+            raise ValueError(f"root: {root} is the folder {real}, already read as {first} (a "
+                             f"symbolic link loop, or two paths to one folder); remove the link "
+                             f"so that each image is read once")
+        seen[real] = root
+        subdirs.sort()
+        yield root, sorted(n for n in names if not n.startswith("."))
+
+
+def list_image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]], dict]:
+    """(classes, [(path, class index)], {(device, inode): path}) of a class-per-subfolder tree,
+    in torchvision ImageFolder's order (so its splits are unchanged), hidden files left out.
+
+    Symbolic links are followed, but each real folder and each real file is read once: a loop
+    or a second path to a folder or file already read (link or hard link) is refused, naming
+    both paths. Otherwise one file would be several items, and could land in train and test."""
+    from torchvision.datasets.folder import find_classes
+
+    classes, _ = find_classes(str(folder))
+    samples, files, seen = [], {}, {}
+    for index, name in enumerate(classes):
+        for root, names in sorted(_walk(os.path.join(folder, name), seen, folder)):
+            for file in names:
+                path = os.path.join(root, file)
+                key = _file_id(path)
+                if key is not None and key in files:
+                    raise ValueError(f"root: {path} and {files[key]} are the same file (a link "
+                                     f"or hard link); remove one so that the image is one item")
+                if key is not None:
+                    files[key] = path
+                samples.append((path, index))
+    empty = sorted(set(classes) - {classes[t] for _, t in samples})
+    if empty:
+        raise FileNotFoundError(f"no image file in the class folder(s) {', '.join(empty)}")
+    return classes, samples, files
+
+
+def _check_disjoint(folder: Path, files: dict, others: list[Path]) -> None:
+    """Refuse a file of split folder `folder` (files: {(device, inode): path}) that another
+    split folder also holds, through a link or a hard link: it would be trained and tested on."""
+    for other in others:
+        if not other.is_dir():
+            continue
+        for root, names in _walk(str(other), {}, other.parent):
+            for name in names:
+                path = os.path.join(root, name)
+                if _file_id(path) in files:
+                    raise ValueError(f"root: {files[_file_id(path)]} and {path} are the same "
+                                     f"file in two splits ({folder.name} and {other.name}); "
+                                     f"keep it in one")
 
 
 class ImageFolderDataset(Dataset):
@@ -131,8 +199,6 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, root, split: str = "train", transform=None, image_size: int | None = None,
                  skip_bad: bool = False):
-        from torchvision.datasets import ImageFolder
-
         self.root, self.split = Path(root).expanduser(), check_split(split)
         if not self.root.is_dir():
             raise FileNotFoundError(f"root: image folder {self.root} does not exist")
@@ -145,14 +211,16 @@ class ImageFolderDataset(Dataset):
                 folder, carve = self.root / split, None
             else:
                 raise FileNotFoundError(f"root: {self.root} has a train folder but no {split}")
-        try:  # accept every file here so that broken ones are reported, not silently dropped
-            base = ImageFolder(str(folder), is_valid_file=_not_hidden)
+        try:  # every file is listed here, so that broken ones are reported, not dropped
+            classes, samples, files = list_image_folder(folder)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"root: {folder}: {e}") from None
-        if len(base.classes) < 2:  # every label the same: any model scores 100%
-            raise ValueError(f"root: {folder} has {len(base.classes)} class folder(s) "
-                             f"{base.classes}; expected at least 2 (root/<class>/<image>)")
-        samples = base.samples
+        if len(classes) < 2:  # every label the same: any model scores 100%
+            raise ValueError(f"root: {folder} has {len(classes)} class folder(s) "
+                             f"{classes}; expected at least 2 (root/<class>/<image>)")
+        if folder != self.root:  # split folders: none may hold a file of another
+            _check_disjoint(folder, files, [self.root / s for s in SPLITS
+                                            if self.root / s != folder])
         if carve is not None:
             keep = stratified_split([t for _, t in samples], carve, seed=SPLIT_SEED)[split]
             samples = [samples[i] for i in keep]
@@ -168,7 +236,7 @@ class ImageFolderDataset(Dataset):
         stats = STATS["image_folder"]
         self.mean, self.std, self.in_chans = stats.mean, stats.std, 3
         self.image_size = int(image_size or stats.image_size)
-        self.class_names = list(base.classes)
+        self.class_names = list(classes)
         self.num_classes = len(self.class_names)
         self.transform = transform or build_transforms("image_folder", "none", self.image_size,
                                                        train=False)
