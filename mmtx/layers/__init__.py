@@ -19,7 +19,14 @@ from .conditioning import LabelEmbedding, TimestepEmbedding, modulate, timestep_
 from .config import fused_attn_enabled, use_fused_attn
 from .local import local_attention
 from .masks import causal_mask, global_local_mask, in_window, padding_mask, sliding_window_mask
-from .patch import PatchEmbed, patchify, unpatchify
+from .patch import (
+    ConvStem,
+    PatchEmbed,
+    diagonal_shifts,
+    patchify,
+    shifted_patches,
+    unpatchify,
+)
 from .position import (
     LearnedPositionEmbedding,
     RotaryEmbedding,
@@ -35,7 +42,7 @@ __all__ = [
     "ACTIVATIONS", "make_act", "make_norm",
     "LabelEmbedding", "TimestepEmbedding", "modulate", "timestep_frequencies",
     "causal_mask", "global_local_mask", "in_window", "padding_mask", "sliding_window_mask",
-    "PatchEmbed", "patchify", "unpatchify",
+    "ConvStem", "PatchEmbed", "diagonal_shifts", "patchify", "shifted_patches", "unpatchify",
     "LearnedPositionEmbedding", "RotaryEmbedding", "resize_grid_table", "sincos_2d_encoding",
     "sinusoidal_encoding",
 ]

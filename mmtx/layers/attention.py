@@ -189,6 +189,11 @@ class Attention(nn.Module):
     0 <= i - j < window), run block by block by `local_attention` (linear in length) unless a
     mask, a cache, attention weights or attention dropout ask for the dense path with the same
     window as a mask.
+    `lsa`: Locality Self-Attention (Lee et al., 2021, "Vision Transformer for Small-Size
+    Datasets"): a token may not attend to itself (the diagonal is masked; with a cache the
+    queries are the last positions), and each head's scores are scaled by a learned factor, the
+    inverse of the paper's temperature, initialised at 1/sqrt(head_dim) as in the paper's code,
+    so training starts from ordinary attention minus the diagonal. Self-attention only.
     """
 
     def __init__(
@@ -205,6 +210,7 @@ class Attention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         window: int | None = None,
+        lsa: bool = False,
     ):
         super().__init__()
         if window is not None and (not isinstance(window, int) or window <= 0):
@@ -234,6 +240,12 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
+        if lsa and context_dim is not None:
+            raise ValueError("lsa (Locality Self-Attention) is for self-attention; got "
+                             f"context_dim={context_dim}")
+        # LSA's learned per-head scale, 1 / temperature; 1-D, so the optimiser does not decay it
+        self.lsa_scale = nn.Parameter(torch.full((num_heads,), self.head_dim ** -0.5)) \
+            if lsa else None
 
     def _project(self, x, context, with_kv: bool = True):
         """q (B, Lq, dim), k, v (B, Lk, kv_dim); with_kv=False: q, None, None (cached context)."""
@@ -278,6 +290,14 @@ class Attention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)  # (B, H, Lk, D)
             v = v.repeat_interleave(rep, dim=1)
         dropout_p = self.attn_drop if self.training else 0.0
+        scale = None
+        if self.lsa_scale is not None:
+            if context is not None:
+                raise ValueError(f"lsa is for self-attention; got a context of shape "
+                                 f"{tuple(context.shape)}")
+            # (q * s) k^T = s q k^T: the per-head scale rides on q, the kernel scales by 1
+            q, scale = q * self.lsa_scale.to(q.dtype)[:, None, None], 1.0  # (B, H, L, D)
+            mask = _fold_mask(mask, q, k, _offsets(q, k) != 0)  # no query sees its own key
         if self.window is not None and context is not None:
             raise ValueError(f"window={self.window} is for self-attention; got a context of "
                              f"shape {tuple(context.shape)}")
@@ -288,21 +308,30 @@ class Attention(nn.Module):
             if self.window is not None:
                 mask = self._window_mask(mask, q, k, causal)
             out = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal,
-                                               dropout_p=dropout_p, return_weights=return_attn)
+                                               dropout_p=dropout_p, scale=scale,
+                                               return_weights=return_attn)
             out, weights = out if return_attn else (out, None)
         out = out.transpose(1, 2).reshape(B, L, self.dim)  # (B, L, H*D)
         out = self.proj_drop(self.proj(out))
         return (out, weights) if return_attn else out
 
     def _window_mask(self, mask, q, k, causal):
-        """The sliding window as a (Lq, Lk) bool mask, folded into `mask`; queries are the last
-        Lq of the Lk positions (bottom-right, as with a KV cache)."""
-        mask = _prepare_mask(mask, q, k, False)  # validates the caller's mask first
-        lq, lk = q.shape[-2], k.shape[-2]
-        d = torch.arange(lk - lq, lk, device=q.device)[:, None] \
-            - torch.arange(lk, device=q.device)[None, :]  # (Lq, Lk) query minus key position
-        window = in_window(d, self.window, causal)
-        if mask is None:
-            return window
-        return (mask & window) if mask.dtype == torch.bool else \
-            mask.masked_fill(~window, float("-inf"))
+        """The sliding window as a (Lq, Lk) bool mask, folded into `mask`."""
+        return _fold_mask(mask, q, k, in_window(_offsets(q, k), self.window, causal))
+
+
+def _offsets(q, k) -> torch.Tensor:
+    """(Lq, Lk) query minus key position; the queries are the last Lq of the Lk positions
+    (bottom-right aligned, as with a KV cache)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    return torch.arange(lk - lq, lk, device=q.device)[:, None] \
+        - torch.arange(lk, device=q.device)[None, :]
+
+
+def _fold_mask(mask, q, k, allowed: torch.Tensor):
+    """The caller's `mask` (validated first) restricted to `allowed` (Lq, Lk) bool."""
+    mask = _prepare_mask(mask, q, k, False)
+    if mask is None:
+        return allowed
+    return (mask & allowed) if mask.dtype == torch.bool else \
+        mask.masked_fill(~allowed, float("-inf"))

@@ -110,7 +110,8 @@ class Block(nn.Module):
 
     norm_first=True is pre-norm (ViT, GPT-2); False is post-norm (the original Transformer,
     BERT). `forward(x, ...)` returns x, or (x, self_weights, cross_weights) with return_attn.
-    `window` makes the self-attention a sliding window (see `Attention`, `local_attention`).
+    `window` makes the self-attention a sliding window (see `Attention`, `local_attention`);
+    `lsa` makes it Locality Self-Attention (no attention to oneself, learned temperature).
 
     adaLN-Zero (DiT; x-transformers' `use_adaptive_layernorm`): given `cond_dim`, the norms lose
     their affine parameters and `forward(x, cond=c)` with c (B, cond_dim) predicts, through
@@ -126,7 +127,8 @@ class Block(nn.Module):
                  norm_eps: float = 1e-6, context_dim: int | None = None,
                  num_kv_heads: int | None = None, qkv_bias: bool = False, qk_norm: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, mlp: str = "mlp",
-                 act: str = "gelu", window: int | None = None, cond_dim: int | None = None):
+                 act: str = "gelu", window: int | None = None, cond_dim: int | None = None,
+                 lsa: bool = False):
         super().__init__()
         _choice("mlp", mlp, ("mlp", "swiglu"))
         if cond_dim is not None and not norm_first:
@@ -137,7 +139,7 @@ class Block(nn.Module):
                        norm_eps=norm_eps, attn_drop=attn_drop, proj_drop=proj_drop)
         affine = cond_dim is None  # adaLN supplies the norms' scale and shift
         self.norm1 = make_norm(norm, dim, norm_eps, affine)
-        self.attn = Attention(dim, num_heads, window=window, **attn_kw)  # window: local attn
+        self.attn = Attention(dim, num_heads, window=window, lsa=lsa, **attn_kw)
         self.cross_attn = Attention(dim, num_heads, context_dim=context_dim, **attn_kw) \
             if cross_attention else None
         self.norm_cross = make_norm(norm, dim, norm_eps, affine) if cross_attention else None
@@ -213,10 +215,19 @@ class Transformer(nn.Module):
 
     Extra keyword arguments go to every Block (causal, cross_attention, norm, qkv_bias,
     cond_dim, ...); `forward(..., cond=c)` hands the adaLN condition to every block.
+
+    long_skip=True adds U-ViT's long skip connections (Bao et al., 2023, "All are Worth Words"):
+    with n = (depth - 1) // 2, the outputs of the first n blocks are kept, and the input of
+    each of the last n blocks is concatenated with them in mirror order (block depth - 1 with
+    block 0's output, ...) and projected back to `dim` by a Linear (2 dim -> dim). The one or two
+    middle blocks have none. Each projection starts as [I | 0] (`init_long_skips`), so the stack
+    starts as the same stack without skips, and learns how much of the early tokens to mix in;
+    U-ViT draws these weights at random.
     """
 
     def __init__(self, depth: int, dim: int, num_heads: int, mlp_ratio: float = 4.0, *,
-                 drop_path: float = 0.0, final_norm: bool = True, **block_kwargs):
+                 drop_path: float = 0.0, final_norm: bool = True, long_skip: bool = False,
+                 **block_kwargs):
         super().__init__()
         if depth <= 0:
             raise ValueError(f"depth must be > 0, got {depth}")
@@ -226,6 +237,20 @@ class Transformer(nn.Module):
         )
         norm = make_norm(block_kwargs.get("norm", "layer"), dim, block_kwargs.get("norm_eps", 1e-6))
         self.norm = norm if final_norm else nn.Identity()
+        pairs = (depth - 1) // 2 if long_skip else 0
+        self.skips = nn.ModuleList(nn.Linear(2 * dim, dim) for _ in range(pairs))
+        self.init_long_skips()
+
+    def init_long_skips(self) -> None:
+        """Every long-skip projection to [I | 0], zero bias: the stack's own tokens pass, the
+        skipped ones are added only once learned. A model's init_weights calls this after its
+        own init of Linears, which would otherwise redraw them."""
+        for lin in self.skips:
+            dim = lin.out_features
+            with torch.no_grad():
+                lin.weight.zero_()
+                lin.weight[:, :dim].copy_(torch.eye(dim))
+                lin.bias.zero_()
 
     def new_cache(self) -> list[KVCache]:
         """One empty KV cache per block, for incremental decoding."""
@@ -234,7 +259,11 @@ class Transformer(nn.Module):
     def forward(self, x, context=None, mask=None, context_mask=None, rope=None, cache=None,
                 return_attn=False, return_hidden=False, cond=None):
         inter = Intermediates(hidden=[x] if return_hidden else [])
+        n, first_out = len(self.skips), len(self.blocks) - len(self.skips)
+        kept = []  # the first n blocks' outputs, for the long skips
         for i, block in enumerate(self.blocks):
+            if i >= first_out:  # (B, L, 2 dim) -> (B, L, dim)
+                x = self.skips[i - first_out](torch.cat([x, kept.pop()], dim=-1))
             out = block(x, context=context, mask=mask, context_mask=context_mask, rope=rope,
                         cache=None if cache is None else cache[i], return_attn=return_attn,
                         cond=cond)
@@ -245,6 +274,8 @@ class Transformer(nn.Module):
                     inter.cross_attn.append(w_cross)
             else:
                 x = out
+            if i < n:
+                kept.append(x)
             if return_hidden:
                 inter.hidden.append(x)
         x = self.norm(x)

@@ -19,37 +19,26 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import Encoder, LearnedPositionEmbedding, sincos_2d_encoding
+from ..layers import ConvStem, Encoder, LearnedPositionEmbedding, sincos_2d_encoding
 from .registry import register_model
 
 
-def _pooled(size: int, n: int) -> int:
-    for _ in range(n):  # conv keeps the size (stride 1, same padding); max-pool(3, 2, 1) halves
-        size = (size - 1) // 2 + 1
-    return size
-
-
 class ConvTokenizer(nn.Module):
-    """n x (Conv k x k, stride 1, no bias -> ReLU -> MaxPool 3/2); (B,C,H,W) -> (B, N, dim)."""
+    """n x (Conv k x k, stride 1, no bias -> ReLU -> MaxPool 3/2); (B,C,H,W) -> (B, N, dim).
+    The convolutions are the shared `ConvStem` with pooling (the ViT's conv stem is the same
+    stem without it)."""
 
     def __init__(self, in_chans: int, dim: int, kernel_size: int = 3, num_layers: int = 1,
                  hidden: int = 64):
         super().__init__()
-        chans = [in_chans] + [hidden] * (num_layers - 1) + [dim]
-        layers = []
-        for c_in, c_out in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=False),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)]
-        self.layers = nn.Sequential(*layers)
+        self.layers = ConvStem(in_chans, dim, num_layers, kernel_size=kernel_size, hidden=hidden,
+                               act="relu", bias=False, pool=True)
         self.in_chans, self.num_layers = in_chans, num_layers
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
-        return _pooled(height, self.num_layers), _pooled(width, self.num_layers)
+        return self.layers.grid_for(height, width)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != self.in_chans:
-            raise ValueError(f"images must be (B, {self.in_chans}, H, W), got shape "
-                             f"{tuple(images.shape)}")
         return self.layers(images).flatten(2).transpose(1, 2)  # (B, dim, h, w) -> (B, h*w, dim)
 
 
