@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import Encoder, PatchEmbed, modulate, sincos_2d_encoding, unpatchify
+from ..layers import ConvStem, Encoder, PatchEmbed, modulate, sincos_2d_encoding, unpatchify
 from .conditioning import CaptionConditioner, Conditioner, check_labels  # noqa: F401 (old path)
 from .registry import register_model
 
@@ -59,6 +59,8 @@ class DiT(nn.Module):
     Captions: vocab_size > 0 adds a `TextEncoder` (text_dim wide, text_depth blocks) whose
     tokens every block reads by cross-attention. sincos="diffusers" lays the fixed tables
     (positions, timestep frequencies) out as diffusers' DiT does, for converted weights.
+    long_skip: U-ViT's long skip connections between the first and the last blocks (see
+    `Transformer`); each starts as the identity, so an untrained DiT still predicts zero.
     """
 
     def __init__(self, img_size=32, patch_size=2, in_chans: int = 4, num_classes: int = 1000,
@@ -69,7 +71,7 @@ class DiT(nn.Module):
                  qk_norm: bool = False, norm_eps: float = 1e-6, act: str = "gelu_tanh",
                  freq_dim: int = 256, sincos: str = "mmtx", drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 conv_stem: int = 0, conv_out: bool = False):
+                 conv_stem: int = 0, conv_out: bool = False, long_skip: bool = False):
         super().__init__()
         if sincos not in SINCOS:
             raise ValueError(f"sincos must be one of {SINCOS}, got {sincos!r}")
@@ -81,10 +83,7 @@ class DiT(nn.Module):
         # of two 3x3 convolutions before the patch projection (Xiao et al., 2021, "Early
         # convolutions help transformers see better") and a 3x3 convolution after unpatchify
         # (U-ViT's), which lets neighbouring patches agree on the pixels along their borders.
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, conv_stem, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(conv_stem, conv_stem, 3, padding=1), nn.SiLU(),
-        ) if conv_stem else None
+        self.stem = ConvStem(in_chans, conv_stem, 2, act="silu", bias=True) if conv_stem else None
         self.patch_embed = PatchEmbed(img_size, patch_size, conv_stem or in_chans, dim)
         gh, gw = self.patch_embed.grid_size
         self.register_buffer("pos_table", self._sincos_table(gh, gw), persistent=False)
@@ -98,7 +97,7 @@ class DiT(nn.Module):
                               context_dim=text_dim if vocab_size else None, qkv_bias=qkv_bias,
                               qk_norm=qk_norm, norm_eps=norm_eps, act=act,
                               attn_drop=attn_drop_rate, proj_drop=drop_rate,
-                              drop_path=drop_path_rate)
+                              drop_path=drop_path_rate, long_skip=long_skip)
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))  # shift, scale
         ph, pw = self.patch_embed.patch_size
@@ -123,6 +122,8 @@ class DiT(nn.Module):
           would blur the linear head's output, and the noise or velocity targets are mostly
           high frequencies: the head would first have to learn to undo it (in a 1,000-step run
           on shapes, the validation loss was 2.4x the plain DiT's). Zero head, zero output.
+        - the optional long skips' projections: [I | 0] (`Transformer.init_long_skips`), so
+          every block still starts as the identity.
         """
         for m in (*self.blocks.modules(), *self.ada_out.modules(), self.head):
             if isinstance(m, nn.Linear):
@@ -139,6 +140,7 @@ class DiT(nn.Module):
                 nn.init.zeros_(conv.bias)
         if self.conv_out is not None:
             nn.init.dirac_(self.conv_out.weight)
+        self.blocks.init_long_skips()  # after the Xavier loop above, which redrew them
         for lin in (*(b.ada[1] for b in self.blocks.blocks), self.ada_out[1], self.head):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -212,6 +214,21 @@ def dit_micro_2(**kw) -> DiT:
 @register_model(family="dit", task="generation")
 def dit_micro_4(**kw) -> DiT:
     return _cpu(128, 4, 4, kw)
+
+
+# U-ViT's changes for small data (Bao et al., 2023): long skips between the first and the last
+# blocks and a 3x3 convolution after unpatchify; with them, a two-convolution stem 32 wide.
+_UVIT = dict(long_skip=True, conv_out=True, conv_stem=32)
+
+
+@register_model(family="dit", task="generation")
+def dit_micro_2_uvit(**kw) -> DiT:
+    return _cpu(128, 4, 2, {**_UVIT, **kw})
+
+
+@register_model(family="dit", task="generation")
+def dit_micro_4_uvit(**kw) -> DiT:
+    return _cpu(128, 4, 4, {**_UVIT, **kw})
 
 
 @register_model(family="dit", task="generation")

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import (
+    ConvStem,
     Encoder,
     Intermediates,
     LearnedPositionEmbedding,
@@ -37,6 +38,12 @@ class ViT(nn.Module):
     patch tokens. fc_norm (default: on for non-token pools, as timm/BEiT do) moves the final
     norm after pooling. pre_logits_dim adds the original ViT's Linear+tanh representation layer.
     no_embed_class: the position table covers patches only (DeiT-3 / big_vision layout).
+
+    Options for small data sets, each off by default: spt (Shifted Patch Tokenization) and lsa
+    (Locality Self-Attention), the two of Lee et al., 2021, "Vision Transformer for Small-Size
+    Datasets" (see `PatchEmbed` and `Attention`); conv_stem=C runs two 3x3 convolutions C wide
+    (`ConvStem`, CCT's tokenizer convolutions without the pooling) before the patch projection,
+    so the patch grid and the token count stay as they are.
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans: int = 3, num_classes: int = 1000,
@@ -47,7 +54,8 @@ class ViT(nn.Module):
                  qkv_bias: bool = True, qk_norm: bool = False, layer_scale: float | None = None,
                  norm: str = "layer", norm_eps: float = 1e-6, act: str = "gelu",
                  drop_rate: float = 0.0, pos_drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 proj_drop_rate: float = 0.0, drop_path_rate: float = 0.0, spt: bool = False,
+                 lsa: bool = False, conv_stem: int = 0):
         super().__init__()
         if pool not in _POOLS:
             raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
@@ -62,8 +70,12 @@ class ViT(nn.Module):
         self.no_embed_class = no_embed_class
         fc_norm = pool != "token" if fc_norm is None else fc_norm
 
+        if conv_stem < 0:
+            raise ValueError(f"conv_stem must be >= 0 (0 = none), got {conv_stem}")
+        self.stem = ConvStem(in_chans, conv_stem, 2) if conv_stem else None
         # A pre-norm (CLIP) makes the patch bias redundant, so timm drops it; so do we.
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim, bias=not pre_norm)
+        self.patch_embed = PatchEmbed(img_size, patch_size, conv_stem or in_chans, dim,
+                                      bias=not pre_norm, spt=spt)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.pos_kind = pos_embed
         pos_prefix = 0 if no_embed_class else self.num_prefix_tokens
@@ -82,7 +94,7 @@ class ViT(nn.Module):
                                final_norm=final_norm and not fc_norm, qkv_bias=qkv_bias,
                                qk_norm=qk_norm, layer_scale=layer_scale, norm=norm,
                                norm_eps=norm_eps, act=act, attn_drop=attn_drop_rate,
-                               proj_drop=proj_drop_rate)
+                               proj_drop=proj_drop_rate, lsa=lsa)
         self.fc_norm = make_norm(norm, dim, norm_eps) if final_norm and fc_norm else nn.Identity()
         self.pre_logits = nn.Sequential(nn.Linear(dim, pre_logits_dim), nn.Tanh()) \
             if pre_logits_dim else nn.Identity()
@@ -96,7 +108,8 @@ class ViT(nn.Module):
 
         The patch projection is initialised like a Linear over the flattened patch (Xavier, as in
         MAE) rather than Conv2d's fan-in default; the class token starts near zero (1e-6) so that
-        it begins as a neutral query.
+        it begins as a neutral query. The optional stem's convolutions: Kaiming-normal, for the
+        ReLUs after them (as CCT's tokenizer). LSA's scales keep their 1/sqrt(head_dim).
         """
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -111,6 +124,9 @@ class ViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         if self.patch_embed.proj.bias is not None:
             nn.init.zeros_(self.patch_embed.proj.bias)
+        for conv in self.stem or ():
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         if self.pos_embed is not None:
@@ -124,6 +140,8 @@ class ViT(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> tokens (B, prefix + N, dim) with positions added."""
         grid = self.patch_embed.grid_for(*images.shape[-2:])
+        if self.stem is not None:
+            images = self.stem(images)  # (B, conv_stem, H, W)
         x = self.patch_embed(images)  # (B, N, dim)
         if self.pos_kind == "sincos":
             x = x + self._sincos(grid, x)
@@ -312,11 +330,31 @@ def _vit(defaults: dict, overrides: dict) -> ViT:
     return ViT(**{**defaults, **overrides})
 
 
+_MICRO = dict(in_chans=3, num_classes=10, dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
+
+
 @register_model(family="vit", task="classification")
 def vit_micro_patch2_16(**kw) -> ViT:
     """A very small ViT for 8-16 px images (the 8x8 digits: 16 tokens); CPU-trainable."""
-    return _vit(dict(img_size=16, patch_size=2, in_chans=3, num_classes=10, dim=64, depth=4,
-                     num_heads=4, mlp_ratio=2.0), kw)
+    return _vit(dict(img_size=16, patch_size=2, **_MICRO), kw)
+
+
+@register_model(family="vit", task="classification")
+def vit_micro_patch2_16_spt_lsa(**kw) -> ViT:
+    """vit_micro_patch2_16 with Shifted Patch Tokenization and Locality Self-Attention."""
+    return _vit(dict(img_size=16, patch_size=2, spt=True, lsa=True, **_MICRO), kw)
+
+
+@register_model(family="vit", task="classification")
+def vit_micro_patch2_16_convstem(**kw) -> ViT:
+    """vit_micro_patch2_16 with a two-convolution stem, 32 wide, before the 2x2 patches."""
+    return _vit(dict(img_size=16, patch_size=2, conv_stem=32, **_MICRO), kw)
+
+
+@register_model(family="vit", task="classification")
+def vit_micro_patch4_32_spt_lsa(**kw) -> ViT:
+    """The micro width for 32 px images over 4x4 patches (64 tokens), with SPT and LSA."""
+    return _vit(dict(img_size=32, patch_size=4, spt=True, lsa=True, **_MICRO), kw)
 
 
 @register_model(family="vit", task="classification")
