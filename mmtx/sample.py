@@ -1,4 +1,5 @@
-"""Images from a trained generation run: `mmtx sample`.
+"""Images from a trained generation run: `mmtx sample`, and the reading of what a person asks
+for (class names, prompts) into the model's condition.
 
     mmtx sample runs/gen_class --class "red circle" --class "blue star" --n 16 --out grid.png
     mmtx sample runs/gen_text --prompt "a large green triangle" --out-dir samples/
@@ -15,12 +16,79 @@ from pathlib import Path
 
 import torch
 
+from .data import WordTokenizer
+from .diffusion.sampling import check_cfg_scale
 from .train.run import load_generator
-from .train.tasks.generation import save_grid
+from .viz.grids import save_grid
+
+__all__ = ["sample_command", "load_generator", "class_ids", "encode_prompts", "conditions"]
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60]
+
+
+def class_ids(task, names: list[str]) -> list[int]:
+    """Class names -> ids of a class-conditioned run's `task`; an unknown name is a ValueError
+    listing the valid ones."""
+    if task.cond != "class":
+        raise ValueError(f"--class: this model is conditioned on {task.cond!r}, not on a "
+                         f"class" + ("; use --prompt" if task.cond == "caption" else ""))
+    ids = []
+    for name in names:
+        key = str(name).strip()
+        if key not in task.class_names:
+            raise ValueError(f"unknown class {name!r}; valid classes: "
+                             f"{', '.join(task.class_names)}")
+        ids.append(task.class_names.index(key))
+    return ids
+
+
+def encode_prompts(task, prompts: list[str]) -> dict:
+    """Captions -> {"caption_ids", "caption_mask"} (N, max_caption_len) for a caption run's
+    `task`; a word outside the vocabulary or a caption too long is a ValueError naming it."""
+    if task.cond != "caption":
+        raise ValueError(f"--prompt: this model is conditioned on {task.cond!r}, not on a "
+                         f"caption" + ("; use --class" if task.cond == "class" else ""))
+    tok = task.tokenizer
+    for text in prompts:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"prompt: expected a non-empty caption, got {text!r}")
+        # A word-level vocabulary cannot spell an unknown word (byte/BPE tokenizers can).
+        unknown = ([w for w in tok.tokenize(text) if w not in tok.stoi]
+                   if isinstance(tok, WordTokenizer) else [])
+        if unknown:
+            vocab = [w for w in tok.itos if not w.startswith("<")]
+            raise ValueError(f"prompt {text!r}: word(s) {unknown} not in the vocabulary; "
+                             f"valid words: {', '.join(vocab)}")
+        n = len(tok.encode(text))
+        if n > task.max_caption_len:
+            raise ValueError(f"prompt {text!r} is {n} tokens with bos/eos, more than "
+                             f"max_caption_len {task.max_caption_len}")
+    return task.encode_captions(prompts)
+
+
+def conditions(task, num: int, classes=None, prompts=None) -> tuple[dict | None, list[str]]:
+    """(model condition for `num` images, a label per image). Given classes / prompts are
+    cycled over the images; without them, the task's defaults (every class in turn, or the
+    captions of the first shapes test scenes)."""
+    if task.cond == "none":
+        if classes or prompts:
+            raise ValueError("this model is unconditional: it takes no --class or --prompt")
+    elif task.cond == "class":
+        if prompts:
+            encode_prompts(task, prompts)  # raises: not a caption model
+        if classes:
+            ids = class_ids(task, classes)
+            y = torch.tensor([ids[i % len(ids)] for i in range(num)])
+            return {"y": y}, [task.class_names[int(i)] for i in y]
+    else:
+        if classes:
+            class_ids(task, classes)  # raises: not a class model
+        if prompts:
+            texts = [prompts[i % len(prompts)] for i in range(num)]
+            return encode_prompts(task, texts), texts
+    return task.conditions(num)
 
 
 def sample_command(run_dir, classes=None, prompts=None, n: int = 16, steps: int = 50,
@@ -35,20 +103,20 @@ def sample_command(run_dir, classes=None, prompts=None, n: int = 16, steps: int 
     it trained with). An unknown class name or a word outside the vocabulary is a ValueError
     naming it and listing the valid ones.
     """
-    if not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"--n: expected an int >= 1, got {n!r}")
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps: expected an int >= 1, got {steps!r}")
-    if cfg_scale < 0:
-        raise ValueError(f"--cfg: expected >= 0 (1 = no guidance), got {cfg_scale}")
-    model, task, cfg = load_generator(run_dir, vae=vae)
-    cond, labels = task.conditions(n, classes=classes, prompts=prompts)  # checks names, words
-    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
-    if cfg.train.threads:  # as the run trained: tiny models run faster on one thread
-        torch.set_num_threads(cfg.train.threads)
+    cfg_scale = check_cfg_scale(cfg_scale, "--cfg")
+    model, task, config = load_generator(run_dir, vae=vae)
+    cond, labels = conditions(task, n, classes=classes, prompts=prompts)  # checks names, words
+    device = torch.device("cuda" if torch.cuda.is_available() and not config.train.cpu
+                          else "cpu")
+    if config.train.threads:  # as the run trained: tiny models run faster on one thread
+        torch.set_num_threads(config.train.threads)
     model.to(device)
     images = task.sample_images(model, cond, n, seed, progress=progress,
-                                autocast=cfg.train.precision != "fp32", cfg_scale=cfg_scale,
+                                autocast=config.train.precision != "fp32", cfg_scale=cfg_scale,
                                 steps=steps, sampler=sampler).cpu()
     if out:
         path = save_grid(images, out, cols=cols)

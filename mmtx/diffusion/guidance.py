@@ -7,9 +7,21 @@ prediction that is linear in the model output: flow velocity or DDPM noise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+
+
+def check_cfg_scale(value, name: str = "cfg_scale") -> float:
+    """The one check of a guidance scale: a finite number >= 0 (1 = no guidance, 0 = the
+    unconditional model). `name` is what the user wrote it as (task.args.cfg_scale, --cfg):
+    NaN or infinity would sample black images without a word."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0 (1 = no guidance), "
+                         f"got {value!r}")
+    return float(value)
 
 
 def _null_like(cond, null_cond):
@@ -44,9 +56,8 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, model_fn: Callable, null_cond, cfg_scale: float = 1.0):
-        if cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
-        self.model_fn, self.null_cond, self.cfg_scale = model_fn, null_cond, float(cfg_scale)
+        self.model_fn, self.null_cond = model_fn, null_cond
+        self.cfg_scale = check_cfg_scale(cfg_scale)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond):
         if cond is None:

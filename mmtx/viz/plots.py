@@ -1,7 +1,9 @@
-"""Report figures (matplotlib, PNG): learning curves, data efficiency, confusion matrices."""
+"""Report figures (matplotlib, PNG): learning curves, data efficiency, confusion matrices,
+a generation run's judged accuracy against training time."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -10,13 +12,17 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..io import atomic_path  # noqa: E402
+
 
 def save_figure(fig, path, dpi: int = 130) -> Path:
     """Save a figure as PNG (creating the folder) and close it; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a full disk leaves no half-written PNG
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix[1:] or "png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -90,3 +96,33 @@ def plot_confusion_matrices(matrices: dict, class_names: list[str], path) -> Pat
         ax.set_title(label, fontsize=9)
     axes[0][0].set_ylabel("true")
     return save_figure(fig, path)
+
+
+def plot_cond_acc(metrics_path, out, title: str | None = None) -> Path | None:
+    """cond_acc per attribute (and its chance level) against training seconds, from a run's
+    metrics.jsonl, as a PNG; None when the run logged no cond_acc."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
+    split = "val" if any("val/cond_acc_colour" in r for r in rows) else "test"
+    rows = [r for r in rows if f"{split}/cond_acc_colour" in r or f"{split}/cond_acc_shape" in r]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    minutes = [r.get("time/train_s", float("nan")) / 60 for r in rows]
+    for attr, colour in (("shape", "#1f77b4"), ("colour", "#d62728"), ("size", "#2ca02c")):
+        key = f"{split}/cond_acc_{attr}"
+        if any(key in r for r in rows):
+            ax.plot(minutes, [r.get(key, float("nan")) for r in rows], "o-", color=colour,
+                    label=attr)
+    for chance, attr, va in ((1 / 6, "shape", "bottom"), (1 / 8, "colour", "top")):
+        ax.axhline(chance, color="#999999", lw=0.8, ls=":")  # the default 6 shapes, 8 colours
+        ax.text(0.99, chance, f"chance, {attr}", fontsize=7, color="#777777", ha="right",
+                va=va, transform=ax.get_yaxis_transform())
+    ax.set_xlabel("training time (minutes, evaluation excluded)")
+    ax.set_ylabel("cond_acc (judge reads what was asked)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out)

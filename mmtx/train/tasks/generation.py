@@ -25,139 +25,31 @@ caption_mask; "none" trains an unconditional model.
 
 from __future__ import annotations
 
-import json
-import math
-import time
+import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn as nn
 
 from ...data import CaptionCollate, WordTokenizer, collate, load_tokenizer, shapes_vocabulary
 from ...data.shapes import ShapesDataset
-from ...diffusion import create_objective, create_sampler, sample
+from ...diffusion.sampling import check_cfg_scale, create_objective, create_sampler, generate
+from ...eval.samples import (
+    SampleSuite,
+    generation_spec,
+    read_generation_spec,
+    shapes_base,
+)
+from ...io import write_bytes, write_json
+from ...viz.grids import save_grid, to_uint8
+from ...viz.plots import plot_cond_acc
 from .base import Task, register_task
+
+# Moved to mmtx.viz / mmtx.diffusion.sampling; still importable from here.
+__all__ = ["GenerationTask", "save_grid", "to_uint8", "plot_cond_acc", "generate"]
 
 CONDS = ("class", "caption", "none")
 FLOW_SAMPLERS = ("euler", "heun")
 DEFAULT_SAMPLER = {"flow": "euler", "ddpm": "ddim"}
-
-
-def save_grid(images: torch.Tensor, path, cols: int | None = None, pad: int = 2,
-              scale: int = 2) -> Path:
-    """Images (N, C, H, W) in [-1, 1] -> one PNG grid (`cols` per row, default ~sqrt(N)),
-    `pad` grey pixels between cells, each pixel drawn `scale` x `scale`."""
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 1 or 3, H, W), got shape {tuple(images.shape)}")
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    cols = cols or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    pixels = to_uint8(images)  # (N, H, W, C)
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 128, dtype=np.uint8)
-    for i in range(n):
-        r, k = divmod(i, cols)
-        y, x = pad + r * (h + pad), pad + k * (w + pad)
-        canvas[y:y + h, x:x + w] = pixels[i]
-    if scale > 1:
-        canvas = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas[..., 0] if c == 1 else canvas).save(path)
-    return path
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
-
-
-def plot_cond_acc(metrics_path, out, title: str | None = None) -> Path | None:
-    """cond_acc per attribute (and its chance level) against training seconds, from a run's
-    metrics.jsonl, as a PNG; None when the run logged no cond_acc."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
-    split = "val" if any("val/cond_acc_colour" in r for r in rows) else "test"
-    rows = [r for r in rows if f"{split}/cond_acc_colour" in r or f"{split}/cond_acc_shape" in r]
-    if not rows:
-        return None
-    from ...viz.plots import plt, save_figure  # plots picks the file-only backend
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    minutes = [r.get("time/train_s", float("nan")) / 60 for r in rows]
-    for attr, colour in (("shape", "#1f77b4"), ("colour", "#d62728"), ("size", "#2ca02c")):
-        key = f"{split}/cond_acc_{attr}"
-        if any(key in r for r in rows):
-            ax.plot(minutes, [r.get(key, float("nan")) for r in rows], "o-", color=colour,
-                    label=attr)
-    for chance, attr, va in ((1 / 6, "shape", "bottom"), (1 / 8, "colour", "top")):
-        ax.axhline(chance, color="#999999", lw=0.8, ls=":")  # the default 6 shapes, 8 colours
-        ax.text(0.99, chance, f"chance, {attr}", fontsize=7, color="#777777", ha="right",
-                va=va, transform=ax.get_yaxis_transform())
-    ax.set_xlabel("training time (minutes, evaluation excluded)")
-    ax.set_ylabel("cond_acc (judge reads what was asked)")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center right", fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, out)
-
-
-def _rows(cond, start: int, stop: int):
-    if cond is None:
-        return None
-    return {k: v[start:stop] for k, v in cond.items()}
-
-
-@torch.no_grad()
-def generate(model: nn.Module, cond: dict | None, num: int, image_shape, *, objective,
-             sampler: str = "euler", steps: int = 20, cfg_scale: float = 1.0, null_cond=None,
-             seed: int = 0, batch_size: int = 256, progress: bool = False,
-             autocast: bool = False, model_fn=None,
-             sampler_args: dict | None = None) -> torch.Tensor:
-    """`num` samples (num, *image_shape) float32 from `model`, called as model(x, t, **cond)
-    (or through `model_fn(x, t, cond)` when given, e.g. to turn an x0 prediction into a
-    velocity).
-
-    cond: None or a dict of (num, ...) tensors (y, or caption_ids and caption_mask). All the
-    starting noise is drawn first from a generator seeded with `seed` (which also drives the
-    stochastic samplers), then sampled in batches of `batch_size`: the same seed gives the same
-    images. cfg_scale != 1 needs null_cond (the model's "no condition", a dict like cond).
-    sampler_args: the sampler's own options (e.g. {"shift": 3.0} for euler / heun).
-    """
-    device = next(model.parameters()).device
-    gen = torch.Generator(device).manual_seed(seed)
-    noise = torch.randn((num, *image_shape), generator=gen, device=device)
-
-    if model_fn is None:
-        def model_fn(x, t, c):
-            return model(x, t, **(c or {}))
-
-    if cond is not None:
-        cond = {k: v.to(device) for k, v in cond.items()}
-    out = []
-    bar = range(0, num, batch_size)
-    if progress and num > batch_size:
-        from tqdm.auto import tqdm
-        bar = tqdm(bar, desc="batches", leave=False)
-    for start in bar:
-        stop = min(start + batch_size, num)
-        out.append(sample(model_fn, (stop - start, *image_shape), _rows(cond, start, stop),
-                          objective=objective, sampler=sampler, cfg_scale=cfg_scale,
-                          null_cond=null_cond, generator=gen, noise=noise[start:stop],
-                          steps=steps, progress=progress, autocast=autocast,
-                          **(sampler_args or {})))
-    return torch.cat(out)
-
-
-def _shapes_base(dataset):
-    """The ShapesDataset behind `dataset` (itself or a subset's base), else None."""
-    base = getattr(dataset, "base", dataset)
-    return base if isinstance(base, ShapesDataset) else None
 
 
 @register_task("generation")
@@ -204,6 +96,9 @@ class GenerationTask(Task):
                  max_caption_len: int = 24, sample_batch_size: int = 256,
                  prediction: str = "velocity", x0_t_min: float = 0.05,
                  image_key: str = "image", vae: str | None = None, sample_shift: float = 1.0):
+        if objective not in DEFAULT_SAMPLER:
+            raise ValueError(f"task.args.objective: expected one of "
+                             f"{', '.join(DEFAULT_SAMPLER)}, got {objective!r}")
         if prediction not in ("velocity", "x0"):
             raise ValueError(f"task.args.prediction: expected 'velocity' or 'x0', "
                              f"got {prediction!r}")
@@ -217,9 +112,6 @@ class GenerationTask(Task):
             raise ValueError(f"task.args.cond: expected one of {', '.join(CONDS)}, got {cond!r}")
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"task.args.cond_drop: expected in [0, 1), got {cond_drop}")
-        if objective not in DEFAULT_SAMPLER:
-            raise ValueError(f"task.args.objective: expected one of "
-                             f"{', '.join(DEFAULT_SAMPLER)}, got {objective!r}")
         obj_args = dict(objective_args or {})
         if timestep_sampling is not None:
             if objective != "flow":
@@ -234,15 +126,17 @@ class GenerationTask(Task):
         for name, value, low in (("sample_steps", sample_steps, 1), ("grid", grid, 1),
                                  ("eval_samples", eval_samples, 0),
                                  ("sample_batch_size", sample_batch_size, 1)):
-            if not isinstance(value, int) or value < low:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"task.args.{name}: expected an int >= {low}, got {value!r}")
-        if cfg_scale < 0:
-            raise ValueError(f"task.args.cfg_scale: expected >= 0 (1 = no guidance), "
-                             f"got {cfg_scale}")
+        if grid_cols is not None and (isinstance(grid_cols, bool)
+                                      or not isinstance(grid_cols, int) or grid_cols < 1):
+            raise ValueError(f"task.args.grid_cols: expected an int >= 1 (images per row) or "
+                             f"null, got {grid_cols!r}")
         self.cond, self.cond_drop = cond, float(cond_drop)
-        self.sample_steps, self.cfg_scale = sample_steps, float(cfg_scale)
+        self.sample_steps = sample_steps
+        self.cfg_scale = check_cfg_scale(cfg_scale, "task.args.cfg_scale")
         self.grid, self.grid_cols, self.eval_samples = grid, grid_cols, eval_samples
-        self.seed, self.judge_opts = int(seed), judge
+        self.seed = int(seed)
         self.sample_batch_size, self.image_key = sample_batch_size, image_key
         self.max_caption_len = int(max_caption_len)
         self.vocab = vocab
@@ -260,8 +154,8 @@ class GenerationTask(Task):
         # Filled by model_kwargs from the training data:
         self.num_classes, self.class_names, self.image_shape = 0, None, None
         self.vae, self.latents = vae, None  # the autoencoder's folder; loaded by _use_vae
-        self.shapes_data: ShapesDataset | None = None
-        self._judge, self._reference, self._cache, self._eval_batches = None, None, None, 0
+        self.suite = SampleSuite(None, judge, image_key, self.seed)  # shapes: model_kwargs
+        self._cache, self._eval_batches = None, 0
         if not judge:
             self.main_metric = "loss"
 
@@ -285,7 +179,7 @@ class GenerationTask(Task):
     def model_kwargs(self, dataset) -> dict:
         first = dataset[0][self.image_key]
         self.image_shape = tuple(first.shape)  # (C, H, W)
-        self.shapes_data = _shapes_base(dataset)
+        self.suite.shapes = shapes_base(dataset)
         self._use_vae()
         c, h, _ = self.model_shape
         kwargs = {"in_chans": c, "img_size": h, "cond_drop": 0.0}  # the step drops conditions
@@ -376,65 +270,26 @@ class GenerationTask(Task):
                 "count": int(loss.numel())}
 
     # ---------------------------------------------------------------- conditions
-    def class_ids(self, names: list[str]) -> list[int]:
-        """Class names -> ids; an unknown name is a ValueError listing the valid ones."""
-        if self.cond != "class":
-            raise ValueError(f"--class: this model is conditioned on {self.cond!r}, not on a "
-                             f"class" + ("; use --prompt" if self.cond == "caption" else ""))
-        ids = []
-        for name in names:
-            key = str(name).strip()
-            if key not in self.class_names:
-                raise ValueError(f"unknown class {name!r}; valid classes: "
-                                 f"{', '.join(self.class_names)}")
-            ids.append(self.class_names.index(key))
-        return ids
-
-    def encode_prompts(self, prompts: list[str]) -> dict:
-        """Captions -> {"caption_ids", "caption_mask"} (N, max_caption_len); a word outside the
-        vocabulary or a caption too long is a ValueError naming it."""
-        if self.cond != "caption":
-            raise ValueError(f"--prompt: this model is conditioned on {self.cond!r}, not on a "
-                             f"caption" + ("; use --class" if self.cond == "class" else ""))
-        tok = self.tokenizer
-        for text in prompts:
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"prompt: expected a non-empty caption, got {text!r}")
-            # A word-level vocabulary cannot spell an unknown word (byte/BPE tokenizers can).
-            unknown = ([w for w in tok.tokenize(text) if w not in tok.stoi]
-                       if isinstance(tok, WordTokenizer) else [])
-            if unknown:
-                vocab = [w for w in tok.itos if not w.startswith("<")]
-                raise ValueError(f"prompt {text!r}: word(s) {unknown} not in the vocabulary; "
-                                 f"valid words: {', '.join(vocab)}")
-            n = len(tok.encode(text))
-            if n > self.max_caption_len:
-                raise ValueError(f"prompt {text!r} is {n} tokens with bos/eos, more than "
-                                 f"max_caption_len {self.max_caption_len}")
-        coll = CaptionCollate(tok, max_len=self.max_caption_len, pad_to_max_len=True)
-        ids, mask = coll.encode(list(prompts))
+    def encode_captions(self, captions: list[str]) -> dict:
+        """Captions -> {"caption_ids", "caption_mask"} (N, max_caption_len). Unchecked: a
+        person's prompts are checked first by mmtx.sample.encode_prompts."""
+        coll = CaptionCollate(self.tokenizer, max_len=self.max_caption_len, pad_to_max_len=True)
+        ids, mask = coll.encode(list(captions))
         return {"caption_ids": ids, "caption_mask": mask}
 
-    def conditions(self, num: int, classes=None, prompts=None) -> tuple[dict | None, list[str]]:
-        """(model condition for `num` images, a label per image). Given classes / prompts are
-        cycled over the images; by default classes cycle through all, and prompts are the
-        captions of the first shapes test scenes."""
+    encode_prompts = encode_captions  # the former name; a person's prompts: mmtx.sample
+
+    def conditions(self, num: int) -> tuple[dict | None, list[str]]:
+        """(model condition for `num` images, a label per image): classes cycle through all;
+        captions are those of the first shapes test scenes. Named classes and prompts:
+        mmtx.sample.conditions."""
         if self.cond == "none":
-            if classes or prompts:
-                raise ValueError("this model is unconditional: it takes no --class or --prompt")
             return None, [""] * num
         if self.cond == "class":
-            if prompts:
-                self.encode_prompts(prompts)  # raises: not a caption model
-            ids = self.class_ids(classes) if classes else list(range(self.num_classes))
-            y = torch.tensor([ids[i % len(ids)] for i in range(num)])
+            y = torch.arange(num) % self.num_classes
             return {"y": y}, [self.class_names[int(i)] for i in y]
-        if classes:
-            self.class_ids(classes)  # raises: not a class model
-        if not prompts:
-            prompts = [item["caption"] for item in self.reference_items(num)]
-        texts = [prompts[i % len(prompts)] for i in range(num)]
-        return self.encode_prompts(texts), texts
+        texts = [item["caption"] for item in self.reference_items(num)]
+        return self.encode_captions(texts), texts
 
     def reference_items(self, num: int) -> list[dict]:
         """The first `num` items of the test split of the training data's scenes (shapes)."""
@@ -443,78 +298,44 @@ class GenerationTask(Task):
             raise ValueError("default prompts come from the shapes data; pass --prompt")
         return [ref[i] for i in range(num)]
 
+    # ---------------------------------------------------------------- evaluation by sampling
+    @property
+    def shapes_data(self) -> ShapesDataset | None:
+        return self.suite.shapes
+
     def reference(self, num: int) -> ShapesDataset | None:
         """The test split of the training scenes, `num` items (shapes data only)."""
-        ds = self.shapes_data
-        if ds is None:
-            return None
-        if self._reference is None or len(self._reference) < num:
-            self._reference = ShapesDataset(
-                num, image_size=ds.image_size, split="test", seed=ds.seed, task=ds.task,
-                num_objects=ds.num_objects, shapes=ds.shapes, colours=ds.colours,
-                noise=ds.noise, clutter=ds.clutter, colour_jitter=ds.colour_jitter,
-                background=ds.background)
-        return self._reference
+        return self.suite.reference(num)
 
-    def _targets(self, y: torch.Tensor | None, items: list[dict]) -> dict[str, list]:
-        """What each judged image was asked to show: {attribute: [name per image]} and the
-        image indices judged (one-object captions only)."""
-        ds = self.shapes_data
-        if self.cond == "class":
-            nc = len(ds.colours)
-            per_task = {
-                "shape_colour": lambda k: {"shape": ds.shapes[k // nc],
-                                           "colour": ds.colours[k % nc]},
-                "shape": lambda k: {"shape": ds.shapes[k]},
-                "colour": lambda k: {"colour": ds.colours[k]},
-                "size": lambda k: {"size": ("small", "large")[k]},
-            }
-            if ds.task not in per_task:
-                return {}
-            return {i: per_task[ds.task](int(k)) for i, k in enumerate(y)}
-        out = {}
-        for i, item in enumerate(items):  # captions: one-object scenes name all three
-            objs = item["attributes"]["objects"]
-            if len(objs) == 1:
-                out[i] = {a: objs[0][a] for a in ("shape", "colour", "size")}
-        return out
-
-    # ---------------------------------------------------------------- evaluation by sampling
     def judge(self):
-        """The shapes judge for this task's data and judge options (trained once, then cached);
-        None without shapes data or with judge: False."""
-        return self._load_judge()
-
-    def _load_judge(self):
-        if self._judge is None and self.judge_opts and self.shapes_data is not None:
-            from ...eval.judge import load_judge
-
-            opts = self.judge_opts if isinstance(self.judge_opts, dict) else {}
-            self._judge = load_judge(self.shapes_data, **opts)
-        return self._judge
-
-    def sample_images(self, model, cond, num: int, seed: int, progress: bool = False,
-                      autocast: bool = False, cfg_scale: float | None = None,
-                      steps: int | None = None, sampler: str | None = None) -> torch.Tensor:
-        cfg = self.cfg_scale if cfg_scale is None else cfg_scale
-        if cond is None:
-            cfg = 1.0  # nothing to guide towards
-        out = generate(model, cond, num, self.model_shape, objective=self.objective,
-                       sampler=sampler or self.sampler, steps=steps or self.sample_steps,
-                       cfg_scale=cfg, null_cond=self.null_cond, seed=seed,
-                       batch_size=self.sample_batch_size, progress=progress,
-                       autocast=autocast, model_fn=self.model_fn(model),
-                       sampler_args=self.sampler_args(sampler or self.sampler))
-        return out if self.latents is None else self.latents.decode(out)  # (num, C, H, W)
+        """The shapes judge (mmtx.eval.samples.SampleSuite.judge); None without one."""
+        return self.suite.judge()
 
     @property
     def background(self) -> tuple:
         """The shapes scenes' background colour in the model's [-1, 1] pixel range."""
-        return tuple(2 * b - 1 for b in self.shapes_data.background)
+        return self.suite.background
 
     def sampler_args(self, sampler: str) -> dict:
         """The options the run gives `sampler`: the time shift, for the flow samplers."""
         return {"shift": self.sample_shift} if sampler in FLOW_SAMPLERS else {}
+
+    def sample_images(self, model, cond, num: int, seed: int, progress: bool = False,
+                      autocast: bool = False, cfg_scale: float | None = None,
+                      steps: int | None = None, sampler: str | None = None) -> torch.Tensor:
+        """`num` images (num, C, H, W) from noise seed `seed` (mmtx.diffusion.sampling.generate),
+        decoded by the autoencoder of a latent run; defaults: the task's sampler, steps and
+        guidance scale."""
+        scale = self.cfg_scale if cfg_scale is None else cfg_scale
+        if cond is None:
+            scale = 1.0  # nothing to guide towards
+        sampler = sampler or self.sampler
+        return generate(model, cond, num, self.model_shape, objective=self.objective,
+                        sampler=sampler, steps=steps or self.sample_steps, cfg_scale=scale,
+                        null_cond=self.null_cond, seed=seed, batch_size=self.sample_batch_size,
+                        progress=progress, autocast=autocast, model_fn=self.model_fn(model),
+                        sampler_args=self.sampler_args(sampler),
+                        decode=None if self.latents is None else self.latents.decode)
 
     @torch.no_grad()
     def eval_generated(self, model, split, step, run_dir, log):
@@ -529,7 +350,9 @@ class GenerationTask(Task):
             if self._cache is not None and self._cache[0] == key:
                 result, grid = self._cache[1], None  # the same weights: the same samples
             else:
-                result, grid = self._judged(model, autocast)
+                cond, _ = self.conditions(self.grid)
+                grid = self.sample_images(model, cond, self.grid, self.seed, autocast=autocast)
+                result = self.judge_samples(model, self.eval_samples, self.seed + 1, autocast)
                 self._cache = (key, result)
         finally:
             model.train(was_training)
@@ -537,85 +360,51 @@ class GenerationTask(Task):
             self._write_grid(grid, run_dir, step, split, log)
         return dict(result)
 
-    def _judged(self, model, autocast: bool):
-        cond, _ = self.conditions(self.grid)
-        grid = self.sample_images(model, cond, self.grid, self.seed, autocast=autocast)
-        return self.judge_samples(model, self.eval_samples, self.seed + 1, autocast), grid
-
     @torch.no_grad()
     def judge_samples(self, model, n: int, seed: int, autocast: bool = False,
                       cfg_scale: float | None = None) -> dict:
-        """The evaluation's measures on `n` fresh samples from noise seed `seed` (classes
-        evenly, or the first test captions), at `cfg_scale` (default the task's): fd_shapes and
-        its floor, cond_acc per attribute and its ceiling, sample_s_per_image, and on twins
-        scenes consistency. Only sample_s_per_image without a judge or shapes data."""
-        result = {}
-        if n == 0:
-            return result
-        ref = self.reference(2 * n)
-        items = [ref[i] for i in range(n)] if ref is not None else []
-        if self.cond == "caption":
-            if ref is None:
-                return result
-            cond = self.encode_prompts([it["caption"] for it in items])
-        elif self.cond == "class":
-            cond = {"y": torch.arange(n) % self.num_classes}  # every class, evenly
-        else:
-            cond = None
-        tic = time.perf_counter()
-        fake = self.sample_images(model, cond, n, seed, autocast=autocast, cfg_scale=cfg_scale)
-        result["sample_s_per_image"] = (time.perf_counter() - tic) / n
-        judge = self._load_judge()
-        if judge is None or ref is None:
-            return result
-        from ...eval.generation import frechet_report
+        """The evaluation's measures on `n` fresh samples from noise seed `seed` at `cfg_scale`
+        (default the task's): mmtx.eval.samples.SampleSuite.judge_samples."""
+        def sample(cond, num):
+            return self.sample_images(model, cond, num, seed, autocast=autocast,
+                                      cfg_scale=cfg_scale)
 
-        real = torch.stack([ref[i][self.image_key] for i in range(len(ref))])
-        with torch.autocast(fake.device.type, enabled=False):
-            fd = frechet_report(real, fake.cpu(), judge.feature_extractor(),
-                                generator=torch.Generator().manual_seed(self.seed))
-        result.update(fd)
-        if self.shapes_data.task == "twins":  # do the two far-apart objects match?
-            from ...eval.consistency import consistency
-
-            bg = self.background
-            result["consistency"] = consistency(judge, fake.cpu(), bg)["consistency"]
-            result["consistency_ceiling"] = consistency(judge, real[:n], bg)["consistency"]
-        targets = self._targets(cond["y"] if self.cond == "class" else None, items)
-        if targets:
-            idx = sorted(targets)
-            asked = judge.targets([targets[i] for i in idx])
-            acc = judge.accuracy(fake[idx].cpu(), asked)
-            for attr, value in acc.items():
-                result[f"cond_acc_{attr}"] = value
-                if attr in judge.ceiling:
-                    result[f"cond_acc_{attr}_ceiling"] = judge.ceiling[attr]
-            result["cond_acc_images"] = len(idx)
-        return result
+        return self.suite.judge_samples(sample, n, self.cond, self.num_classes,
+                                        self.encode_captions)
 
     # ---------------------------------------------------------------- the run, read back
     def spec(self) -> dict:
         """What `restore` needs to sample without the training data (generation.json)."""
-        ds = self.shapes_data
-        shapes = None if ds is None else {
-            "image_size": ds.image_size, "seed": ds.seed, "task": ds.task,
-            "num_objects": list(ds.num_objects), "shapes": list(ds.shapes),
-            "colours": list(ds.colours), "noise": ds.noise, "clutter": ds.clutter,
-            "colour_jitter": ds.colour_jitter, "background": list(ds.background)}
-        return {"image_shape": list(self.image_shape), "num_classes": self.num_classes,
-                "class_names": self.class_names, "shapes": shapes,
-                "vae": None if self.vae is None else str(Path(self.vae).expanduser().resolve())}
+        return generation_spec(self.image_shape, self.num_classes, self.class_names,
+                               self.shapes_data, self.vae)
 
-    def restore(self, spec: dict, vae=None) -> None:
-        """The state model_kwargs read from the training data, from `spec()`'s dict; `vae`
-        replaces the autoencoder folder the run trained with (moved, or another copy), else
-        the spec's, else the task's own."""
-        self.image_shape = tuple(spec["image_shape"])
-        self.vae, self.latents = vae or spec.get("vae") or self.vae, None
+    def restore(self, spec: dict, vae=None, where: str = "generation.json") -> None:
+        """The state model_kwargs read from the training data, from `spec()`'s dict (checked:
+        a missing or malformed key is a ValueError naming `where` and the key); `vae` replaces
+        the autoencoder folder the run trained with (moved, or another copy), else the
+        spec's, else the task's own."""
+        spec = read_generation_spec(spec, where)
+        self.image_shape = spec["image_shape"]
+        self.vae, self.latents = vae or spec["vae"] or self.vae, None
         self._use_vae()
         self.num_classes, self.class_names = spec["num_classes"], spec["class_names"]
-        shapes = spec.get("shapes")
-        self.shapes_data = None if shapes is None else ShapesDataset(1, **shapes)
+        if self.cond == "class" and self.class_names is None:
+            self.class_names = [str(i) for i in range(self.num_classes)]
+        self.suite.shapes = spec["shapes"]
+
+    def check_model_args(self, args: dict, where: str = "generation.json") -> None:
+        """Refuse a restored state that does not fit the model built with `args` (model.json):
+        another class count, or images of another shape (or latent shape)."""
+        c, h, w = self.model_shape
+        for key, mine, what in (("in_chans", c, "image_shape"), ("img_size", h, "image_shape"),
+                                ("num_classes", self.num_classes, "num_classes")):
+            theirs = args.get(key)
+            if key == "img_size" and isinstance(theirs, (list, tuple)):
+                mine, theirs = [h, w], list(theirs)
+            if theirs is not None and theirs != mine:
+                value = list(self.image_shape) if what == "image_shape" else self.num_classes
+                raise ValueError(f"{where}: {what} {value} does not fit the model, built with "
+                                 f"{key}={theirs!r} (model.json); expected the files of one run")
 
     def artefacts(self, model, datasets, results, run_dir, log, step) -> dict:
         """generation.json (class names, image shape, the scenes' options) and the caption
@@ -626,10 +415,9 @@ class GenerationTask(Task):
             try:
                 plot_cond_acc(metrics, Path(run_dir) / "cond_acc.png")
             except Exception as e:  # a picture is never worth a failed run
-                import warnings
                 warnings.warn(f"cond_acc plot failed: {e}", stacklevel=2)
         if self.image_shape is not None:
-            (Path(run_dir) / "generation.json").write_text(json.dumps(self.spec(), indent=1))
+            write_json(Path(run_dir) / "generation.json", self.spec())
         if self.tokenizer is not None:
             self.tokenizer.save(Path(run_dir) / "tokenizer.json")
         return {}
@@ -637,5 +425,5 @@ class GenerationTask(Task):
     def _write_grid(self, grid, run_dir, step, split, log) -> None:
         run_dir = Path(run_dir)
         path = save_grid(grid, run_dir / f"grid_step_{step:08d}.png", cols=self.grid_cols)
-        (run_dir / "grid.png").write_bytes(path.read_bytes())
+        write_bytes(run_dir / "grid.png", path.read_bytes())
         log.log_examples(f"{split}/samples", [(None, str(path))], step)
