@@ -9,8 +9,8 @@ import sys
 
 
 def _models(args) -> None:
-    from .models import create_model, list_models, model_info
-    from .models.summary import count_params
+    from .models import list_models, model_info
+    from .models.summary import count_model_params
 
     names = list_models(args.pattern, family=args.family)
     width = max((len(n) for n in names), default=10)
@@ -18,7 +18,7 @@ def _models(args) -> None:
     for name in names:
         info = model_info(name)
         print(f"{name:<{width}}  {info.family:<10} {info.task or '-':<20} "
-              f"{count_params(create_model(name)):>12,}")
+              f"{count_model_params(name):>12,}")
 
 
 def _train(args) -> None:

@@ -31,6 +31,7 @@ class SmallModel:
     model: nn.Module
     inputs: tuple  # forward's positional arguments
     out_shape: tuple  # what forward returns for them
+    kwargs: dict  # the overrides it was built with
 
 
 def _vision(info, overrides: dict):
@@ -122,7 +123,7 @@ def build_small(name: str, **overrides) -> SmallModel:
     # A builder may add a wrapper for models whose forward returns more than one tensor.
     kw, inputs, out_shape, *wrap = BUILDERS[info.family](info, overrides)
     model = create_model(name, **kw)
-    return SmallModel(wrap[0](model) if wrap else model, inputs, out_shape)
+    return SmallModel(wrap[0](model) if wrap else model, inputs, out_shape, kw)
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtx.models import ModelInfo, list_models, model_info, register_model, registry
+from mmtx.models import ModelInfo, create_model, list_models, model_info, register_model, registry
+from mmtx.models.summary import count_model_params, count_params
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -83,3 +84,18 @@ def test_dropout_options_have_one_spelling(name, small_model):
     attention = model_info(name).family not in ("cnn", "rnn")
     extra = dict(attn_drop_rate=0.1, drop_path_rate=0.1) if attention else {}
     small_model(name, drop_rate=0.1, **extra)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_meta_parameter_count_equals_the_built_models(name, small_model):
+    s = small_model(name)
+    assert count_model_params(name, **s.kwargs) == count_params(s.model)
+
+
+def test_meta_parameter_count_at_full_size():
+    # Full-size builds with real weights, to check the meta count where widths are defaults.
+    for name in ("vit_tiny_patch16_224", "unet_small", "dit_micro_2", "bert_tiny"):
+        assert count_model_params(name) == count_params(create_model(name)), name
+    # Nothing is allocated: the count of DiT-XL/2 (675 M parameters, learn_sigma) is the
+    # DiT paper's Table 4 figure, 675 M, without building 2.7 GB of weights.
+    assert round(count_model_params("dit_xl_2", learn_sigma=True) / 1e6) == 675
