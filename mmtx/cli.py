@@ -29,7 +29,7 @@ def _train(args) -> None:
 
 def _run(args) -> None:
     from .experiments import run_experiment
-    from .train import TrainingInterrupted
+    from .train.signals import TrainingInterrupted
 
     try:
         run_experiment(args.experiment, out_dir=args.out, overrides=args.set)
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    from .train.engine import on_stop_signals, stop_now
+    from .train.signals import on_stop_signals, stop_now
 
     try:
         # SIGTERM stops a command as Ctrl-C does: a training loop saves a checkpoint first

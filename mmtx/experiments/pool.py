@@ -18,14 +18,19 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..train.engine import STOP_SIGNALS, TrainingInterrupted, on_stop_signals, stop_now
+from ..train.signals import (
+    STOP_SIGNALS,
+    TrainingInterrupted,
+    WorkerStop,
+    init_worker,
+    on_stop_signals,
+)
 
 
 @dataclass
@@ -80,55 +85,17 @@ class Progress:
               f"elapsed {_fmt(elapsed)}, ETA {_fmt(eta) if left else 'done'}", flush=True)
 
 
-# In a worker: whether it is running a job, and a stop signal that came while it was not.
-_busy, _stopped = False, 0
-
-
 def _in_worker(fn, args, kwargs, log) -> tuple[dict, float]:
     """Runs in a worker: (result, seconds it took). Its output goes to the run's log file, not
     the shared console."""
-    global _busy
     t = time.perf_counter()
-    if _stopped:  # told to stop before this job (submitted before the stop) began
-        stop_now(_stopped, None)
-    _busy = True
-    try:
+    with WorkerStop.job():
         if log is None:
             return fn(*args, **kwargs), time.perf_counter() - t
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), \
                 contextlib.redirect_stderr(f):
             return fn(*args, **kwargs), time.perf_counter() - t
-    finally:
-        _busy = False
-
-
-def _worker_signal(signum, frame) -> None:
-    # A job outside its training loop (whose own handler saves a checkpoint first) stops at
-    # once; an idle worker stays alive, or the pool would count it as crashed and kill the
-    # others mid-save.
-    global _stopped
-    if _busy:
-        stop_now(signum, frame)
-    _stopped = signum
-
-
-def _init_worker() -> None:
-    """Worker initializer: stop signals come from the runner only, and (Linux) the kernel kills
-    this worker when the runner dies, even by SIGKILL, so no run goes on training unowned."""
-    # Its own process group: a terminal's Ctrl-C reaches the runner alone, which forwards it
-    # once (a second signal would make a training stop without saving).
-    os.setpgrp()
-    for s in STOP_SIGNALS:
-        signal.signal(s, _worker_signal)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    # The runner started this process with stop signals blocked (see _in_workers); one sent
-    # meanwhile is delivered now, to the handler above.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def run_jobs(jobs: list[Job], workers: int = 1,
@@ -175,7 +142,10 @@ def _in_workers(todo: list[tuple[int, Job]], workers: int, progress: Progress, d
 
     queue, stopped = list(todo), 0
     ctx = multiprocessing.get_context("spawn")  # no forked copies of threads or CUDA state
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool, \
+    # init_worker is the first code a worker runs (before it imports torch): it dies with this
+    # process, and exits if this process died while it was starting.
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
+                             initargs=(os.getpid(),)) as pool, \
             on_stop_signals(on_signal):
         running = {}
         while True:

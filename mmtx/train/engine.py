@@ -13,11 +13,10 @@ import math
 import random
 import shutil
 import signal
-import threading
 import time
 import warnings
 from collections import defaultdict
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,49 +33,18 @@ from .config import RESUMABLE, Config, config_changes, load_config
 from .data import build_datasets, make_loader
 from .loggers import RunLogger, new_run_id, wandb_available, wandb_mode
 from .optim import build_optimizer, build_scheduler
+from .signals import (  # noqa: F401  STOP_SIGNALS, stop_now: their old import path
+    STOP_SIGNALS,
+    TrainingInterrupted,
+    on_stop_signals,
+    stop_now,
+)
 from .tasks import create_task
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss, the gradients or the weights became NaN or inf; the run stopped and its last
     good checkpoint is kept."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT (Ctrl-C) or SIGTERM stopped the work; a training in progress saved a checkpoint
-    first. `signum` is the signal (a command exits with 128 + signum)."""
-
-    def __init__(self, message: str = "interrupted", signum: int = signal.SIGINT):
-        super().__init__(message, int(signum))  # both in args: it pickles (worker -> runner)
-        self.signum = int(signum)
-
-    def __str__(self) -> str:
-        return self.args[0]
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def on_stop_signals(handler):
-    """`handler(signum, frame)` for SIGINT and SIGTERM inside the block, the previous handlers
-    restored after. Only the main thread can set handlers (Python runs them there); elsewhere
-    this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def stop_now(signum, frame):
-    """A stop signal outside a training loop: stop at once. Nothing is lost, since every file
-    is written atomically and a rerun resumes from the last checkpoint."""
-    raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name}", signum)
 
 
 def _seed_step(seed: int, step: int, rank: int) -> None:
