@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parents[1] / "mmtx"
 
 # DESIGN.md's one-way chain, left to right.
 # The commands that use trained runs (predict: caption, zeroshot; sample) sit with the CLI.
-# mmtx.io (atomic writes, the directory lock) sits below everything and imports nothing of mmtx.
-CHAIN = {"io": -1, "layers": 0, "models": 1, "diffusion": 2, "train": 3, "experiments": 4, "cli": 5,
-         "predict": 5, "sample": 5}
+# mmtx.io (atomic writes, the directory lock) and mmtx.keys (the option-name check) sit below
+# everything and import nothing of mmtx.
+CHAIN = {"io": -1, "keys": -1, "layers": 0, "models": 1, "diffusion": 2, "train": 3,
+         "experiments": 4, "cli": 5, "predict": 5, "sample": 5}
 SIDE = {"data", "eval", "viz"}  # used from above; never import train, experiments or cli
 EXEMPT = {"", "__main__"}  # mmtx/__init__.py, mmtx/__main__.py
 NEVER_FROM_SIDE = {"train", "experiments", "cli", "predict", "sample"}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from ..keys import check_keys
 from .base import SubsetDataset, check_split, stratified_indices
 from .captions import ImageCaptionFolder
 from .digits import DigitsDataset
@@ -88,12 +89,7 @@ def _check_kwargs(name, cls, kwargs, exclude=()) -> None:
     valid = [p for p in inspect.signature(cls).parameters if p not in exclude and p != "self"]
     if name == "shapes":
         valid = [p for p in valid if p != "seed"] + ["scene_seed"]
-    for key in kwargs:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=3)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ValueError(f"unknown option {key!r} for dataset {name!r}; {hint}"
-                             f"valid options: {', '.join(valid)}")
+    check_keys(kwargs, valid, "option", of=f"dataset {name!r}")
 
 
 def _nearest_first(name: str, names: list[str]) -> list[str]:

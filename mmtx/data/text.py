@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..io import read_utf8
+from ..keys import check_keys
 from .base import check_split
 from .tokenizers import ByteTokenizer, WordTokenizer
 
@@ -198,10 +199,7 @@ class RecallDataset(Dataset):
 def _builder(cls):
     def build(split, root, download, transform, image_size, kwargs):
         valid = [p for p in inspect.signature(cls).parameters if p != "split"]
-        for key in kwargs:
-            if key not in valid:
-                raise ValueError(f"unknown option {key!r} for dataset {cls.__name__}; valid "
-                                 f"options: {', '.join(valid)}")
+        check_keys(kwargs, valid, "option", of=f"dataset {cls.__name__}")
         return cls(split=split, **kwargs)
     return build
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from ..keys import check_keys
 from .ddpm import DDPM
 from .flow import FlowMatching
 from .guidance import ClassifierFreeGuidance, check_cfg_scale
@@ -42,9 +43,7 @@ def _check_kwargs(what: str, cls, kw: dict, skip=("self", "ddpm", "kw")):
     valid = [p for p in inspect.signature(cls.__init__).parameters if p not in skip]
     if issubclass(cls, Sampler):
         valid += ["progress", "autocast"]
-    unknown = sorted(set(kw) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown argument(s) {unknown} for {what}; expected some of {valid}")
+    check_keys(kw, valid, "argument", of=what)
 
 
 def create_objective(name: str = "flow", **kw):

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from ..data.render import COLOURS, SHAPES
 from ..data.shapes import ShapesDataset
 from ..io import atomic_path
+from ..keys import check_keys
 from .generation import conditional_accuracy
 
 ATTRIBUTES = ("shape", "colour", "size")
@@ -65,10 +66,7 @@ def judge_data_config(dataset=None, **overrides) -> dict:
            "colour_jitter": 0.05, "noise": 0.0, "clutter": 0, "background": [0.0, 0.0, 0.0]}
     if dataset is not None:
         cfg.update({k: getattr(dataset, k) for k in DATA_KEYS})
-    unknown = sorted(set(overrides) - set(DATA_KEYS))
-    if unknown:
-        raise ValueError(f"unknown judge data option(s) {unknown}; expected some of "
-                         f"{', '.join(DATA_KEYS)}")
+    check_keys(overrides, DATA_KEYS, "judge data option")
     cfg.update(overrides)
     # One canonical, JSON-able form: the hash must not depend on tuples vs lists or int vs float.
     return {"image_size": int(cfg["image_size"]), "shapes": [str(s) for s in cfg["shapes"]],
@@ -312,10 +310,7 @@ def load_judge(data=None, *, cache_dir: str | Path | None = None, progress: bool
     batch_size, lr, width, seed); each is part of the cache key. `judge.from_cache` tells
     whether it was read (True) or trained (False).
     """
-    unknown = sorted(set(recipe) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown judge training option(s) {unknown}; expected some of "
-                         f"{', '.join(TRAIN_DEFAULTS)}")
+    check_keys(recipe, TRAIN_DEFAULTS, "judge training option")
     recipe = {**TRAIN_DEFAULTS, **recipe}
     config = judge_data_config(**data) if isinstance(data, dict) else judge_data_config(data)
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()

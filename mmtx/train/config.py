@@ -8,7 +8,6 @@ other key is, and an unknown one is an error naming the nearest valid keys.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -19,6 +18,7 @@ from typing import Any, Union  # Union: matched at runtime in _coerce
 import yaml
 
 from ..io import read_utf8
+from ..keys import unknown_key
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -130,16 +130,7 @@ def _valid_keys(cls, prefix: str = "") -> list[str]:
 
 def _unknown(key: str, root=None) -> ValueError:
     """An error naming `key` and the nearest valid keys of the dataclass `root` (a Config)."""
-    valid = _valid_keys(root or Config)
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    if not close:  # e.g. "optim.learning_rate": compare the last part with each section's keys
-        section = key.split(".")[0]
-        close = difflib.get_close_matches(key.split(".")[-1],
-                                          [k.split(".")[-1] for k in valid], n=3, cutoff=0.4)
-        close = [k for k in valid if k.split(".")[-1] in close and k.startswith(section)] or [
-            k for k in valid if k.split(".")[-1] in close]
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
-    return ValueError(f"unknown config key {key!r}{hint}")
+    return unknown_key(key, _valid_keys(root or Config), "config key")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
