@@ -5,7 +5,8 @@ Every module of mmtx is parsed with `ast`; every import counts, those inside fun
 (a) no import cycle between mmtx modules;
 (b) imports flow one way: layers <- models <- diffusion <- train <- experiments <- cli (a module
     imports its own layer or layers to its left); layers imports nothing else of mmtx; data,
-    eval and viz never import train, experiments or cli. `mmtx/__init__` and `__main__` are
+    eval and viz never import train, experiments or cli; models never imports eval (a model
+    does not judge itself: the measures sit above it). `mmtx/__init__` and `__main__` are
     exempt; a new top-level module must be given a place here.
 """
 
@@ -27,6 +28,7 @@ CHAIN = {"io": -1, "keys": -1, "layers": 0, "models": 1, "diffusion": 2, "train"
 SIDE = {"data", "eval", "viz"}  # used from above; never import train, experiments or cli
 EXEMPT = {"", "__main__"}  # mmtx/__init__.py, mmtx/__main__.py
 NEVER_FROM_SIDE = {"train", "experiments", "cli", "predict", "sample"}
+NEVER = {("models", "eval")}  # (importer, imported) pairs forbidden beyond the chain's rules
 
 
 def find_modules(root: Path, package: str) -> dict[str, tuple[Path, bool]]:
@@ -159,6 +161,8 @@ def direction_errors(graph: dict[str, dict[str, int]], files) -> list[str]:
                 bad = dst != "layers"
             elif src in SIDE:
                 bad = dst in NEVER_FROM_SIDE
+            elif (src, dst) in NEVER:
+                bad = True
             elif dst in SIDE:
                 bad = False  # chain modules above layers use data, eval and viz
             else:
@@ -240,13 +244,15 @@ def test_checker_sees_cycles_through_functions_and_submodule_imports(fake_packag
 
 
 def test_checker_sees_imports_against_the_direction():
-    graph = {"mmtx.layers.x": {"mmtx.models.vit": 3}, "mmtx.models.vit": {"mmtx.train": 5},
+    graph = {"mmtx.layers.x": {"mmtx.models.vit": 3},
+             "mmtx.models.vit": {"mmtx.train": 5, "mmtx.eval.retrieval": 6, "mmtx.data": 7},
              "mmtx.viz.y": {"mmtx.experiments.grid": 7, "mmtx.models": 8},
              "mmtx.train.z": {"mmtx.data": 1, "mmtx.models": 2}, "mmtx.cli": {"mmtx.train": 1}}
     files = {m: (ROOT / "x.py", False) for m in graph}
     errors = direction_errors(graph, files)
     assert [e.split(": ", 1)[1] for e in errors] == [
         "mmtx.layers.x (layers) imports mmtx.models.vit (models)",
+        "mmtx.models.vit (models) imports mmtx.eval.retrieval (eval)",
         "mmtx.models.vit (models) imports mmtx.train (train)",
         "mmtx.viz.y (viz) imports mmtx.experiments.grid (experiments)",
     ]

@@ -173,3 +173,24 @@ def test_batched_fetch_equals_item_by_item(cache, fraction, opt_in):
                 assert b[key] == s[key] == rendered[k[1]][key], key
         assert (b["label"], b["caption"], b["attributes"]) == \
             (s["label"], s["caption"], s["attributes"])
+
+
+class _ThreadsSeen(TinyMLP):
+    """TinyMLP that records torch's thread count at every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def forward(self, x):
+        self.seen.add(torch.get_num_threads())
+        return super().forward(x)
+
+
+def test_train_threads_apply_during_the_run_only(tmp_path):
+    # single_thread: 1 thread before; the run asks for 2 and the caller gets its 1 back.
+    model = _ThreadsSeen()
+    train(tiny_config(threads=2, max_steps=2, eval_every=0, checkpoint_every=0),
+          run_dir=tmp_path / "run", data=splits(), model=model)
+    assert model.seen == {2}
+    assert torch.get_num_threads() == 1

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.contrastive import class_embeddings  # noqa: F401 (also a name of mmtx.eval)
+
 _CHUNK = 1024  # query rows scored at once: bounds memory at _CHUNK x N similarities
 
 
@@ -92,14 +94,6 @@ def retrieval_recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
         for k in ks:
             out[f"{direction}_R@{k}"] = (ranks < k).float().mean().item()
     return out
-
-
-def class_embeddings(class_embeds: torch.Tensor) -> torch.Tensor:
-    """(C, D) unit class vectors; (C, P, D), one row per prompt template, are averaged after
-    normalising and normalised again (CLIP's prompt ensembling)."""
-    if class_embeds.dim() == 3:
-        class_embeds = F.normalize(class_embeds.float(), dim=-1).mean(dim=1)  # (C, D)
-    return _check_2d("class_embeds", class_embeds)
 
 
 def zero_shot_logits(image_embeds: torch.Tensor, class_embeds: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ caption embeddings are close, on mmtx.layers, with conversion from Hugging Face 
     logits = exp(logit_scale) * image_features @ text_features.T   (scale clamped at 100)
 
 The loss is `mmtx.models.contrastive.clip_loss` (the global batch under several processes,
-NegCLIP hard negatives); `zero_shot_classifier` and `retrieval_metrics` judge a trained model.
+NegCLIP hard negatives); `zero_shot_classifier` builds a trained model's zero-shot classifier
+(`mmtx.eval.retrieval` scores images against it, and measures retrieval).
 `from_hf_clip` / `from_open_clip` load those libraries' CLIP models (the reading of their
 modules is in clip_convert.py), so published weights a user has can be used here.
 """
@@ -19,7 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..eval.retrieval import class_embeddings, retrieval_recall
 from .clip_convert import (
     hf_clip_kwargs,
     load_hf_clip_weights,
@@ -29,6 +29,7 @@ from .clip_convert import (
 from .contrastive import (
     INIT_TEMPERATURE,
     MAX_LOGIT_SCALE,
+    class_embeddings,
     clip_loss,
     logit_scale_from,
     logit_scale_param,
@@ -158,14 +159,6 @@ class CLIP(nn.Module):
             mask[i, :len(s)] = True
         emb = self.encode_text(ids, mask)  # (C*P, D)
         return class_embeddings(emb.view(len(class_names), len(templates), -1))  # (C, D)
-
-    @staticmethod
-    def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
-                          text_to_image: torch.Tensor | None = None,
-                          ks=(1, 5, 10)) -> dict[str, float]:
-        """Recall@k both ways ("image_to_text_R@1", "text_to_image_R@5", ...); see
-        `mmtx.eval.retrieval.retrieval_recall`."""
-        return retrieval_recall(image_features, text_features, text_to_image, ks)
 
 
 def _clip(defaults: dict, overrides: dict) -> CLIP:

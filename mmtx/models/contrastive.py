@@ -39,6 +39,19 @@ INIT_TEMPERATURE = 0.07  # CLIP's initial softmax temperature
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(logit_scale) here to keep training stable
 
 
+def class_embeddings(class_embeds: torch.Tensor) -> torch.Tensor:
+    """(C, D) unit class vectors; (C, P, D), one row per prompt template, are averaged after
+    normalising and normalised again (CLIP's prompt ensembling). What a dual encoder's zero-shot
+    classifier is made of; `mmtx.eval.retrieval` scores images against it."""
+    if isinstance(class_embeds, torch.Tensor) and class_embeds.dim() == 3:
+        class_embeds = F.normalize(class_embeds.float(), dim=-1).mean(dim=1)  # (C, D)
+    if not isinstance(class_embeds, torch.Tensor) or class_embeds.dim() != 2:
+        got = tuple(class_embeds.shape) if isinstance(class_embeds, torch.Tensor) \
+            else type(class_embeds).__name__
+        raise ValueError(f"class_embeds: expected a (N, D) tensor, got {got}")
+    return F.normalize(class_embeds.float(), dim=-1)
+
+
 def logit_scale_param(temperature: float = INIT_TEMPERATURE) -> nn.Parameter:
     """A learnable log-scale, log(1 / temperature): log(1/0.07) = 2.659 by default."""
     if not temperature > 0:

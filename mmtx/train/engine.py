@@ -70,7 +70,10 @@ class Trainer:
         use_wandb = (cfg.logging.wandb and wandb_mode(cfg.logging.mode) != "disabled"
                      and wandb_available())
         # Accelerate keeps one global state per process; a second training in the same process
-        # (tests, the experiment runner) may differ in precision, so start it afresh.
+        # (tests, the experiment runner) may differ in precision, and Accelerator() then raises
+        # "AcceleratorState has already been initialized and cannot be changed". accelerate
+        # (1.16) has no public way to start afresh; its own tests use this private reset, which
+        # keeps PartialState (the process group) and clears only the precision/plugin state.
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.precision],
@@ -79,8 +82,6 @@ class Trainer:
             dynamo_backend="inductor" if t.compile else "no",
         )
         self.main = self.accelerator.is_main_process
-        if t.threads:
-            torch.set_num_threads(t.threads)
         set_seed(t.seed)  # same initial weights on every process
 
         self.datasets = build_datasets(cfg.data, t.seed, data)
@@ -440,4 +441,19 @@ def train(config, run_dir=None, resume=None, *, overrides=None, data=None, model
     if resume is not None:
         cfg.train.resume = resume
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    return Trainer(cfg, run_dir, data=data, model=model).fit()
+    with torch_threads(cfg.train.threads):
+        return Trainer(cfg, run_dir, data=data, model=model).fit()
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """torch's CPU thread count set to `threads` (None: left as is) for the block and restored
+    after it, so a run's `train.threads` does not outlive the run in the caller's process."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(before)
