@@ -224,7 +224,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str, step: int) -> dict:
         loader = self.eval_loaders[split]
-        model = self.eval_model()
+        # the model itself, not its DDP wrapper: tasks call its own methods (generate, encode_*)
+        model = self.accelerator.unwrap_model(self.eval_model())
         model.eval()
         chunks, first = defaultdict(list), None
         bar = tqdm(loader, desc=f"eval {split}", leave=False,
@@ -240,7 +241,7 @@ class Trainer:
         result = self.task.eval_finalize({k: torch.cat(v) for k, v in chunks.items()})
         with self.accelerator.autocast():
             result.update(self.task.eval_generated(
-                self.accelerator.unwrap_model(model), split, step,
+                model, split, step,
                 self.run_dir if self.main else None, self.log))
         self.model.train()
         if first is not None and self.main:

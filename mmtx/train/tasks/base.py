@@ -15,6 +15,11 @@ Evaluation is per-sample: `eval_step` returns tensors whose first dim is the bat
 gathers them across processes (dropping the padding DDP adds) and concatenates them over the
 split, then `eval_finalize` sees the whole split at once. Metrics that are not means of
 per-batch values (recall@k, confusion matrices, perplexity) come out right this way.
+
+Several processes: a step's random draws come per item from the batch's item seeds
+(`per_item`), and a loss averaged over a varying number of tokens divides by the count over
+every process (`mean_over_processes`); then N processes with batches of B / N train exactly as
+one process with B (tests/test_dist_tasks.py).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from ...data import collate
+from ..data import ITEM_SEED
 
 _TASKS: dict[str, type[Task]] = {}
 
@@ -52,6 +59,36 @@ def image_kwargs(dataset) -> dict:
         if value is not None:
             kwargs[arg] = value
     return kwargs
+
+
+def per_item(batch: dict, draw: Callable[[torch.Generator], tuple[torch.Tensor, ...]]
+             ) -> tuple[torch.Tensor, ...] | None:
+    """`draw(generator)` once per item with a CPU generator seeded from the batch's item seed
+    (the engine's loaders add them), its tensors stacked: (B, ...) each. None for a batch with
+    no item seeds (a task called outside the engine); the caller then draws from the global
+    RNG. An item's draws so depend only on the run's seed, its epoch and its index, not on
+    which process or batch it lands in."""
+    seeds = batch.get(ITEM_SEED)
+    if seeds is None:
+        return None
+    rows = [draw(torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    return tuple(torch.stack(col) for col in zip(*rows))
+
+
+def mean_over_processes(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """`total / count`, both summed over every process, as this process's share.
+
+    A per-token loss over a batch whose rows hold different numbers of tokens (padding,
+    random masks): DDP averages the processes' gradients, so the mean of per-process means
+    would weigh each process's tokens by how few it had. Each process returns instead
+    total * world / global count; their average (DDP's, and the engine's for the logged
+    metric) is then the one-process mean over the whole global batch."""
+    count = count.detach().float()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        count = count.clone()
+        dist.all_reduce(count)
+    return total * world / count.clamp(min=1)
 
 
 def list_tasks() -> list[str]:

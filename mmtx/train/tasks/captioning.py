@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ...data import CaptionCollate, ShapesDataset, WordTokenizer, shapes_vocabulary
 from ...data.render import COLOURS, SHAPES
 from ...data.scene_text import converse
-from .base import Task, image_kwargs, register_task
+from .base import Task, image_kwargs, mean_over_processes, register_task
 
 # The words whose accuracy says whether the captioner read the scene (not its grammar).
 ATTRIBUTE_WORDS = {"colour": set(COLOURS), "shape": set(SHAPES), "size": {"small", "large"}}
@@ -79,7 +79,7 @@ class CaptioningTask(Task):
 
     def step(self, model, batch):
         nll, real = self._nll(model, batch, self.label_smoothing)
-        loss = nll.sum() / real.sum().clamp(min=1)
+        loss = mean_over_processes(nll.sum(), real.sum())
         return loss, {"loss": loss.detach()}
 
     def eval_step(self, model, batch):

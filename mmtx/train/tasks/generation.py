@@ -42,7 +42,7 @@ from ...eval.samples import (
 from ...io import write_bytes, write_json
 from ...viz.grids import save_grid, to_uint8
 from ...viz.plots import plot_cond_acc
-from .base import Task, register_task
+from .base import Task, per_item, register_task
 
 # Moved to mmtx.viz / mmtx.diffusion.sampling; still importable from here.
 __all__ = ["GenerationTask", "save_grid", "to_uint8", "plot_cond_acc", "generate"]
@@ -246,21 +246,41 @@ class GenerationTask(Task):
         return velocity
 
     # ---------------------------------------------------------------- train and per-batch eval
+    def _draws(self, batch, x0, cond_drop: float):
+        """Per-item training times (B,), noise (like x0) and condition drops (B,) bool, from
+        the batch's item seeds; None for a batch without them (then drawn from the global RNG
+        and, in evaluation, a generator per batch)."""
+        draws = per_item(batch, lambda g: (self.objective.sample_t(1, None, g)[0],
+                                           torch.randn(x0.shape[1:], generator=g),
+                                           torch.rand((), generator=g) < cond_drop))
+        if draws is None:
+            return None
+        t, noise, drop = draws
+        return t.to(x0.device), noise.to(x0), drop.to(x0.device)
+
     def step(self, model, batch):
         x0 = self._x0(batch)
-        drop = None
-        if self.cond != "none" and self.cond_drop > 0:
+        dropping = self.cond != "none" and self.cond_drop > 0
+        t, noise, drop = self._draws(batch, x0, self.cond_drop) or (None, None, None)
+        if not dropping:
+            drop = None
+        elif drop is None:
             drop = torch.rand(x0.shape[0], device=x0.device) < self.cond_drop  # (B,)
-        loss, _ = self.objective.loss(self.model_fn(model), x0, self.batch_cond(batch, drop))
+        loss, _ = self.objective.loss(self.model_fn(model), x0, self.batch_cond(batch, drop),
+                                      t=t, noise=noise)
         return loss, {"loss": loss.detach()}
 
     def eval_step(self, model, batch):
-        # Fixed times and noise per batch position, so evaluation losses compare across steps.
+        # Fixed times and noise per item (evaluation's item seeds), so evaluation losses
+        # compare across steps and do not depend on the batch or process an item lands in.
         x0 = self._x0(batch, sample=False)
-        gen = torch.Generator(x0.device).manual_seed(self.seed * 7919 + self._eval_batches)
-        self._eval_batches += 1
+        draws, gen = self._draws(batch, x0, 0.0), None
+        if draws is None:
+            gen = torch.Generator(x0.device).manual_seed(self.seed * 7919 + self._eval_batches)
+            self._eval_batches += 1
+        t, noise = draws[:2] if draws is not None else (None, None)
         _, per_sample = self.objective.loss(self.model_fn(model), x0, self.batch_cond(batch),
-                                            generator=gen)
+                                            generator=gen, t=t, noise=noise)
         return {"loss": per_sample}
 
     def eval_finalize(self, outputs):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .base import Task, register_task
+from .base import Task, mean_over_processes, per_item, register_task
 from .classification import ClassificationTask
 
 NUM_SPECIALS = 5  # mmtx.data.tokenizers: <pad> <bos> <eos> <mask> <unk> are ids 0..4
@@ -96,38 +96,48 @@ class MaskedLMTask(Task):
 
     def model_kwargs(self, dataset):
         self.tokenizer, self.vocab_size = getattr(dataset, "tokenizer", None), dataset.vocab_size
-        return _lm_kwargs(dataset)
+        # No pooler: masked LM never reads it, and DDP refuses parameters without gradients.
+        return {**_lm_kwargs(dataset), "pooler": False}
 
     def count(self, batch):
         return int(batch["ids"].numel())
 
-    def corrupt(self, ids, generator=None):
-        """-> (inputs, chosen) with chosen (B, L) bool: the positions the loss is taken on."""
-        u = torch.rand(ids.shape, generator=generator, device="cpu").to(ids.device)
+    def corrupt(self, ids, generator=None, batch=None):
+        """-> (inputs, chosen) with chosen (B, L) bool: the positions the loss is taken on.
+        Draws per item from `batch`'s item seeds when it has them, else from `generator`."""
+        v = self.vocab_size
+        draws = per_item(batch or {}, lambda g: (
+            torch.rand(ids.shape[1:], generator=g), torch.rand(ids.shape[1:], generator=g),
+            torch.randint(NUM_SPECIALS, v, ids.shape[1:], generator=g)))
+        if draws is None:
+            draws = (torch.rand(ids.shape, generator=generator, device="cpu"),
+                     torch.rand(ids.shape, generator=generator, device="cpu"),
+                     torch.randint(NUM_SPECIALS, v, ids.shape, generator=generator,
+                                   device="cpu"))
+        u, r, rand_tok = (d.to(ids.device) for d in draws)
         chosen = (u < self.mask_prob) & (ids >= NUM_SPECIALS)
-        r = torch.rand(ids.shape, generator=generator, device="cpu").to(ids.device)
-        rand_tok = torch.randint(NUM_SPECIALS, self.vocab_size, ids.shape, generator=generator,
-                                 device="cpu").to(ids.device)
         inputs = torch.where(chosen & (r < 0.8), torch.full_like(ids, self.mask_id), ids)
         inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), rand_tok, inputs)
         return inputs, chosen
 
-    def _forward(self, model, ids, generator=None):
-        inputs, chosen = self.corrupt(ids, generator)
+    def _forward(self, model, batch, generator=None):
+        ids = batch["ids"]
+        inputs, chosen = self.corrupt(ids, generator, batch)
         logits = model(inputs).float()  # (B, L, V)
         nll = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none") * chosen
         correct = ((logits.argmax(-1) == ids) & chosen).sum(1)
         return nll, chosen, correct, inputs, logits
 
     def step(self, model, batch):
-        nll, chosen, correct, _, _ = self._forward(model, batch["ids"])
-        n = chosen.sum().clamp(min=1)
-        loss = nll.sum() / n
-        return loss, {"loss": loss.detach(), "acc": correct.sum() / n}
+        nll, chosen, correct, _, _ = self._forward(model, batch)
+        n = chosen.sum()
+        loss = mean_over_processes(nll.sum(), n)
+        return loss, {"loss": loss.detach(), "acc": mean_over_processes(correct.sum(), n)}
 
     def eval_step(self, model, batch):
-        g = torch.Generator().manual_seed(0)  # the same masks every evaluation
-        nll, chosen, correct, inputs, logits = self._forward(model, batch["ids"], g)
+        # the same masks every evaluation: the item seeds of evaluation are fixed per item
+        g = torch.Generator().manual_seed(0)  # (batches without item seeds)
+        nll, chosen, correct, inputs, logits = self._forward(model, batch, g)
         if self.tokenizer is not None and not hasattr(self, "_shown"):
             filled = torch.where(chosen, logits.argmax(-1), inputs)[0].tolist()
             self._sample = (self.tokenizer.decode(inputs[0].tolist(), skip_special=False),
@@ -167,7 +177,7 @@ class Seq2SeqTask(Task):
 
     def step(self, model, batch):
         nll, real = self._nll(model, batch)
-        loss = nll.sum() / real.sum().clamp(min=1)
+        loss = mean_over_processes(nll.sum(), real.sum())
         return loss, {"loss": loss.detach()}
 
     def eval_step(self, model, batch):
