@@ -12,15 +12,14 @@ It cannot outlive its test: it dies with its parent (PR_SET_PDEATHSIG on Linux) 
 ALARM_S seconds whatever happens.
 """
 
-import ctypes
 import datetime
 import json
-import signal
 import sys
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from procs import die_with_parent
 
 import mmtx.eval  # noqa: F401  (checked below: it loads neither mmtx.train nor experiments)
 from mmtx.models.contrastive import clip_loss, gather_features, logit_scale_from, logit_scale_param
@@ -32,14 +31,6 @@ CASES = {  # name: (rows per process, hard negatives, mask on them, ddp_average)
     "uneven_hard_ddp_average": ((3, 5), True, False, True),
     "even_masked_ddp_average": ((4, 4), True, True, True),
 }
-
-
-def _die_with_parent() -> None:
-    signal.alarm(ALARM_S)  # default action of SIGALRM: terminate
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _global_batch(n: int, d: int = 16):
@@ -108,7 +99,7 @@ def _gather_check(rank: int, world: int) -> dict:
 
 
 def main(argv) -> int:
-    _die_with_parent()
+    die_with_parent(ALARM_S)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()

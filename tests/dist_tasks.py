@@ -19,10 +19,10 @@ ALARM_S seconds whatever happens.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
+
+from procs import die_with_parent
 
 GLOBAL_BATCH = 16
 ALARM_S = 240
@@ -86,16 +86,8 @@ def config(case: str, processes: int) -> dict:
             "logging": {"progress": False}}
 
 
-def _die_with_parent() -> None:
-    signal.alarm(ALARM_S)  # default action of SIGALRM: terminate
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv) -> int:
-    _die_with_parent()
+    die_with_parent(ALARM_S)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if argv[0] == "--processes":
         processes, argv = int(argv[1]), argv[2:]

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
 from pathlib import Path
+
+
+def die_with_parent(alarm_s: int) -> None:
+    """For a script a test starts: die with the parent (PR_SET_PDEATHSIG, Linux) and after
+    `alarm_s` seconds whatever happens (SIGALRM's default action terminates)."""
+    signal.alarm(alarm_s)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def descendants(pid: int) -> set[int]:
