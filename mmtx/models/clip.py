@@ -9,7 +9,7 @@ The loss is `mmtx.models.contrastive.clip_loss` (the global batch under several 
 NegCLIP hard negatives); `zero_shot_classifier` builds a trained model's zero-shot classifier
 (`mmtx.eval.retrieval` scores images against it, and measures retrieval).
 `from_hf_clip` / `from_open_clip` load those libraries' CLIP models (the reading of their
-modules is in clip_convert.py), so published weights a user has can be used here.
+modules is in convert/clip.py), so published weights a user has can be used here.
 """
 
 from __future__ import annotations
@@ -20,12 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .clip_convert import (
-    hf_clip_kwargs,
-    load_hf_clip_weights,
-    load_open_clip_weights,
-    open_clip_kwargs,
-)
 from .contrastive import (
     INIT_TEMPERATURE,
     MAX_LOGIT_SCALE,
@@ -33,6 +27,12 @@ from .contrastive import (
     clip_loss,
     logit_scale_from,
     logit_scale_param,
+)
+from .convert.clip import (
+    hf_clip_kwargs,
+    load_hf_clip_weights,
+    load_open_clip_weights,
+    open_clip_kwargs,
 )
 from .registry import register_model
 from .text import TextEncoder
@@ -191,7 +191,7 @@ def clip_base_patch32_224(**overrides) -> CLIP:
                       act="quick_gelu", text_pool="argmax"), overrides)
 
 
-# --- conversion (the reading of the other libraries' models is in clip_convert.py) ----------
+# --- conversion (the reading of the other libraries' models is in convert/clip.py) -----------
 
 
 def from_hf_clip(hf_model) -> CLIP:

@@ -1,7 +1,8 @@
 """Text models on the shared layers: BERT-style encoder, GPT-style decoder, encoder-decoder.
 
 Every attention here is `mmtx.layers.Attention` (via `Encoder` / `Decoder`). Hugging Face GPT-2
-and BERT checkpoints convert with `from_hf_gpt2` / `from_hf_bert` (reading them: `text_hf.py`).
+and BERT checkpoints convert with `from_hf_gpt2` / `from_hf_bert` (reading them:
+`convert/hf_text.py`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from ..layers import (
     sinusoidal_encoding,
 )
 from .compat import rename_options, renamed_options
+from .convert.hf_text import bert_kwargs, gpt2_kwargs, load_bert_weights, load_gpt2_weights
 from .decoding import DecodeState, check_sampling_args, decode, trim_finished
 from .registry import register_model
-from .text_hf import bert_kwargs, gpt2_kwargs, load_bert_weights, load_gpt2_weights
 
 POSITIONS = ("learned", "sinusoidal", "rope")
 # The old spellings of the dropout options, still read from configs (see compat.py).
@@ -448,7 +449,7 @@ def seq2seq_tiny(**overrides):
                   overrides)
 
 
-# --- Hugging Face conversion (the reading of HF models is in text_hf.py) ----------------------
+# --- Hugging Face conversion (the reading of HF models is in convert/hf_text.py) --------------
 
 
 def from_hf_gpt2(hf_model) -> TextDecoder:

@@ -10,8 +10,6 @@ this model with matching eval-mode logits.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 
@@ -25,6 +23,7 @@ from ..layers import (
     resize_grid_table,
     sincos_2d_encoding,
 )
+from .convert.timm import read_timm_checkpoint, timm_vit_kwargs, timm_vit_state_dict
 from .registry import register_model
 
 _POOLS = ("token", "avg", "max", "avgmax")
@@ -200,82 +199,7 @@ class ViT(nn.Module):
         return {"cls_token", "pos_embed.weight"}
 
 
-# --- timm interop ----------------------------------------------------------------------------
-
-
-# timm / torch activation classes -> mmtx.layers names (timm has its own GELU/GELUTanh classes)
-_ACTS = {"GELU": "gelu", "GELUTanh": "gelu_tanh", "ReLU": "relu", "SiLU": "silu", "Swish": "silu"}
-
-
-def _timm_config(tv) -> dict:
-    """Read a timm VisionTransformer's architecture; ValueError naming anything unsupported."""
-    from timm.layers import LayerNorm as TimmLayerNorm
-    from timm.layers import Mlp as TimmMlp
-    from timm.models.vision_transformer import Attention as TimmAttention
-    from timm.models.vision_transformer import Block as TimmBlock
-
-    bad = []
-    blk = tv.blocks[0]
-    if type(blk) is not TimmBlock:
-        bad.append(f"block_fn={type(blk).__name__}")
-    if type(blk.attn) is not TimmAttention:
-        bad.append(f"attn_layer={type(blk.attn).__name__}")
-    if type(blk.mlp) is not TimmMlp:
-        bad.append(f"mlp_layer={type(blk.mlp).__name__}")
-    if not isinstance(blk.norm1, (nn.LayerNorm, TimmLayerNorm)):
-        bad.append(f"norm_layer={type(blk.norm1).__name__}")
-    if getattr(tv, "reg_token", None) is not None:
-        bad.append(f"reg_tokens={tv.num_reg_tokens}")
-    if tv.global_pool not in _POOLS:
-        bad.append(f"global_pool={tv.global_pool!r}")
-    if getattr(tv, "pool_include_prefix", False):
-        bad.append("pool_include_prefix=True")
-    if not isinstance(tv.patch_drop, nn.Identity):
-        bad.append("patch_drop_rate>0")
-    if not isinstance(getattr(tv.patch_embed, "norm", nn.Identity()), nn.Identity):
-        bad.append("embed_norm_layer")
-    if not isinstance(getattr(blk.attn, "norm", nn.Identity()), nn.Identity):
-        bad.append("scale_attn_norm=True")
-    if not isinstance(getattr(blk.mlp, "norm", nn.Identity()), nn.Identity):
-        bad.append("scale_mlp_norm=True")
-    if blk.attn.proj.bias is None or blk.mlp.fc1.bias is None:
-        bad.append("proj_bias=False")  # mmtx Block always has projection / MLP biases
-    if getattr(tv.patch_embed, "flatten", True) is False and not tv.dynamic_img_size:
-        bad.append("patch_embed flatten=False")
-    act = blk.mlp.act
-    act_name = _ACTS.get(type(act).__name__)
-    if isinstance(act, nn.GELU) and act.approximate == "tanh":
-        act_name = "gelu_tanh"
-    if act_name is None:
-        bad.append(f"act_layer={type(act).__name__}")
-    if bad:
-        raise ValueError(f"from_timm: unsupported timm VisionTransformer options: {', '.join(bad)}")
-    pe = tv.patch_embed
-    return dict(
-        img_size=tuple(pe.img_size), patch_size=tuple(pe.patch_size),
-        in_chans=pe.proj.in_channels, num_classes=tv.num_classes, dim=tv.embed_dim,
-        depth=len(tv.blocks), num_heads=blk.attn.num_heads,
-        mlp_ratio=blk.mlp.fc1.out_features / tv.embed_dim,
-        pool=tv.global_pool, class_token=tv.cls_token is not None,
-        pos_embed="none" if tv.pos_embed is None else "learn",
-        no_embed_class=tv.no_embed_class, pre_norm=not isinstance(tv.norm_pre, nn.Identity),
-        final_norm=not (isinstance(tv.norm, nn.Identity) and isinstance(tv.fc_norm, nn.Identity)),
-        fc_norm=not isinstance(tv.fc_norm, nn.Identity),
-        qkv_bias=blk.attn.qkv.bias is not None,
-        qk_norm=not isinstance(blk.attn.q_norm, nn.Identity),
-        layer_scale=1.0 if not isinstance(blk.ls1, nn.Identity) else None,
-        norm_eps=blk.norm1.eps, act=act_name,
-    )
-
-
-def _timm_key(key: str) -> str:
-    if key.startswith("blocks."):
-        return "encoder." + key
-    if key.startswith("norm."):
-        return "encoder." + key
-    if key == "pos_embed":
-        return "pos_embed.weight"
-    return key
+# --- timm interop (the reading of timm models is in convert/timm.py) ---------------------------
 
 
 def from_timm(timm_vit: nn.Module, img_size=None) -> ViT:
@@ -284,15 +208,8 @@ def from_timm(timm_vit: nn.Module, img_size=None) -> ViT:
     `img_size` (optional) builds the ViT for another resolution and resizes the learned position
     table to the new patch grid (bicubic), which is how a checkpoint is fine-tuned at a new size.
     """
-    from timm.models.vision_transformer import VisionTransformer
-
-    if not isinstance(timm_vit, VisionTransformer):
-        raise ValueError(f"timm_vit must be a timm VisionTransformer, got "
-                         f"{type(timm_vit).__name__}")
-    cfg = _timm_config(timm_vit)
-    model = ViT(**cfg)
-    state = {_timm_key(k): v for k, v in timm_vit.state_dict().items()}
-    model.load_state_dict(state, strict=True)
+    model = ViT(**timm_vit_kwargs(timm_vit, _POOLS))
+    model.load_state_dict(timm_vit_state_dict(timm_vit), strict=True)
     if img_size is not None:
         model.set_img_size(img_size)
     return model.to(next(timm_vit.parameters()).device).train(timm_vit.training)
@@ -306,21 +223,7 @@ def load_timm_checkpoint(path, timm_name: str, resize_to=None, **timm_kwargs) ->
     `from_timm`; `resize_to` then moves it to another image size. Nothing is downloaded and
     nothing is unpickled.
     """
-    import timm
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"timm checkpoint not found: {path}")
-    if path.suffix != ".safetensors":
-        raise ValueError(f"path must be a .safetensors file (pickles are not loaded), got {path}")
-    tv = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
-    try:
-        tv.load_state_dict(load_file(str(path)), strict=True)
-    except RuntimeError as e:  # missing / unexpected keys or shapes: the kwargs do not fit it
-        raise ValueError(f"checkpoint {path} does not fit timm model {timm_name!r} with "
-                         f"{timm_kwargs}: {e}") from None
-    return from_timm(tv.eval(), img_size=resize_to)
+    return from_timm(read_timm_checkpoint(path, timm_name, **timm_kwargs), img_size=resize_to)
 
 
 # --- registered sizes ------------------------------------------------------------------------

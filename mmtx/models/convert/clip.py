@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .text_hf import _HF_ACT, _copy, _mlp_ratio
+from .hf_text import _HF_ACT, _copy, _mlp_ratio
 
 _CLIP_ACT = {**_HF_ACT, "quick_gelu": "quick_gelu"}
 
