@@ -56,7 +56,7 @@ def _sample(args) -> None:
     from .sample import sample_command
 
     sample_command(args.run_dir, classes=args.classes, prompts=args.prompts, n=args.n,
-                   steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
+                   steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed,
                    out=args.out, out_dir=args.out_dir, vae=args.vae)
 
 
@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="caption to draw, for caption-conditioned runs (repeatable)")
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--steps", type=int, default=50, help="sampler steps")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--cfg", dest="cfg_scale", type=float, default=3.0, metavar="SCALE",
+                   help="classifier-free guidance scale (1: none; a finite number >= 0)")
     p.add_argument("--sampler", default=None, choices=["euler", "heun", "ddim", "ddpm"],
                    help="default: the run's")
     p.add_argument("--seed", type=int, default=0)

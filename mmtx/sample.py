@@ -12,20 +12,33 @@ image shape, the scenes' options) and, for captions, tokenizer.json.
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import torch
 
 from .data import WordTokenizer
-from .diffusion.sampling import check_cfg_scale
+from .diffusion.sampling import check_cfg_scale, check_fits
 from .train.run import load_generator
-from .viz.grids import save_grid
+from .viz.grids import check_grid, image_format, save_grid
 
 __all__ = ["sample_command", "load_generator", "class_ids", "encode_prompts", "conditions"]
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60]
+
+
+def _check_writable(folder: Path, what: str, given) -> None:
+    """Refuse, before sampling, a folder the images cannot be written to (read-only, no
+    permission, a file in the way), naming the option and the folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{what} {str(given)!r}: cannot write in {str(folder)!r} "
+                         f"({e.strerror or e})") from None
 
 
 def class_ids(task, names: list[str]) -> list[int]:
@@ -101,7 +114,10 @@ def sample_command(run_dir, classes=None, prompts=None, n: int = 16, steps: int 
     Defaults: every class in turn (class runs), the first shapes test captions (caption runs);
     the run's sampler. A latent run decodes with its autoencoder (`vae` overrides the folder
     it trained with). An unknown class name or a word outside the vocabulary is a ValueError
-    naming it and listing the valid ones.
+    naming it and listing the valid ones; so are, before anything is sampled, a guidance scale
+    that is not a finite number >= 0, more images than memory or a PNG grid can hold, and an
+    output folder that cannot be written. Images are sampled in chunks of the run's
+    sample_batch_size, with a progress bar over the images.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"--n: expected an int >= 1, got {n!r}")
@@ -109,6 +125,14 @@ def sample_command(run_dir, classes=None, prompts=None, n: int = 16, steps: int 
         raise ValueError(f"--steps: expected an int >= 1, got {steps!r}")
     cfg_scale = check_cfg_scale(cfg_scale, "--cfg")
     model, task, config = load_generator(run_dir, vae=vae)
+    # Sizes and files first: nothing is sampled that could not be kept or written.
+    check_fits(n, task.image_shape, "--n")
+    if out:
+        image_format(out, "--out")
+        check_grid(n, task.image_shape, cols, what="--n")
+        _check_writable(Path(out).parent, "--out", out)
+    if out_dir:
+        _check_writable(Path(out_dir), "--out-dir", out_dir)
     cond, labels = conditions(task, n, classes=classes, prompts=prompts)  # checks names, words
     device = torch.device("cuda" if torch.cuda.is_available() and not config.train.cpu
                           else "cpu")

@@ -8,6 +8,7 @@ The model is called as model_fn(x_t, t, cond) with t a float tensor (B,) in [0, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -50,6 +51,10 @@ class FlowMatching:
         if timestep_sampling not in TIMESTEP_SAMPLING:
             raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, "
                              f"got {timestep_sampling!r}")
+        for name, value in (("loc", loc), ("scale", scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         self.timestep_sampling, self.loc, self.scale = timestep_sampling, loc, scale

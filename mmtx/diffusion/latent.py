@@ -21,11 +21,20 @@ def load_vae(path) -> nn.Module:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"vae: {str(path)!r} is not an AutoencoderKL folder (no "
                                 f"config.json); give the folder save_pretrained wrote")
+    if not any(path.glob("diffusion_pytorch_model*")):
+        raise FileNotFoundError(f"vae: {str(path)!r} has a config.json but no weights "
+                                f"(diffusion_pytorch_model.safetensors or .bin); give the "
+                                f"folder save_pretrained wrote")
     try:
         from diffusers import AutoencoderKL
     except ImportError as e:
         raise ImportError("vae: latent generation needs diffusers (pip install diffusers)") from e
-    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    try:
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # a damaged weights file or config: diffusers' errors are many kinds
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"vae: {str(path)!r} does not load as an AutoencoderKL ({first})") \
+            from None
     return vae.eval().requires_grad_(False)
 
 

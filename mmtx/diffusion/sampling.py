@@ -183,7 +183,7 @@ def generate(model: nn.Module, cond: dict | None, num: int, image_shape, *, obje
     bar = None
     if progress and num > batch_size:
         from tqdm.auto import tqdm
-        bar = tqdm(total=num, desc="images", unit="img", leave=False)
+        bar = tqdm(total=num, desc="images", unit="img")
     for start in range(0, num, batch_size):
         stop = min(start + batch_size, num)
         noise = torch.randn((stop - start, *image_shape), generator=gen, device=device)

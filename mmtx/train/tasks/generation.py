@@ -25,6 +25,7 @@ caption_mask; "none" trains an unconditional model.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -50,6 +51,13 @@ __all__ = ["GenerationTask", "save_grid", "to_uint8", "plot_cond_acc", "generate
 CONDS = ("class", "caption", "none")
 FLOW_SAMPLERS = ("euler", "heun")
 DEFAULT_SAMPLER = {"flow": "euler", "ddpm": "ddim"}
+
+
+def _number(name: str, value) -> float:
+    """A finite real task argument as a float; anything else names task.args.<name>."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"task.args.{name}: expected a finite number, got {value!r}")
+    return float(value)
 
 
 @register_task("generation")
@@ -105,13 +113,16 @@ class GenerationTask(Task):
         if prediction == "x0" and objective != "flow":
             raise ValueError("task.args.prediction 'x0' applies to objective 'flow' (DDPM's "
                              "model predicts the noise)")
-        if not 0.0 < x0_t_min < 1.0:
+        if not 0.0 < _number("x0_t_min", x0_t_min) < 1.0:
             raise ValueError(f"task.args.x0_t_min: expected in (0, 1), got {x0_t_min}")
         self.prediction, self.x0_t_min = prediction, float(x0_t_min)
         if cond not in CONDS:
             raise ValueError(f"task.args.cond: expected one of {', '.join(CONDS)}, got {cond!r}")
-        if not 0.0 <= cond_drop < 1.0:
+        if not 0.0 <= _number("cond_drop", cond_drop) < 1.0:
             raise ValueError(f"task.args.cond_drop: expected in [0, 1), got {cond_drop}")
+        if objective_args is not None and not isinstance(objective_args, dict):
+            raise ValueError(f"task.args.objective_args: expected a mapping of the objective's "
+                             f"options, got {objective_args!r}")
         obj_args = dict(objective_args or {})
         if timestep_sampling is not None:
             if objective != "flow":
@@ -120,7 +131,10 @@ class GenerationTask(Task):
             obj_args["timestep_sampling"] = timestep_sampling
         elif objective == "flow":
             obj_args.setdefault("timestep_sampling", "logit_normal")
-        self.objective = create_objective(objective, **obj_args)  # checks the options
+        try:
+            self.objective = create_objective(objective, **obj_args)  # checks the options
+        except ValueError as e:
+            raise ValueError(f"task.args.objective_args: {e}") from None
         self.objective_name = objective
         self.sampler = sampler or DEFAULT_SAMPLER[objective]
         for name, value, low in (("sample_steps", sample_steps, 1), ("grid", grid, 1),
@@ -144,13 +158,16 @@ class GenerationTask(Task):
         if cond == "caption":
             self.tokenizer = (WordTokenizer(shapes_vocabulary()) if vocab == "shapes"
                               else load_tokenizer(vocab))
-        self.sample_shift = float(sample_shift)
+        self.sample_shift = _number("sample_shift", sample_shift)
         if self.sample_shift != 1.0 and self.sampler not in FLOW_SAMPLERS:
             raise ValueError(f"task.args.sample_shift applies to the samplers {FLOW_SAMPLERS}, "
                              f"got sampler {self.sampler!r}")
         # Validate the sampler against the objective now, not at the first evaluation.
-        create_sampler(self.sampler, self.objective, steps=sample_steps,
-                       **self.sampler_args(self.sampler))
+        try:
+            create_sampler(self.sampler, self.objective, steps=sample_steps,
+                           **self.sampler_args(self.sampler))
+        except ValueError as e:
+            raise ValueError(f"task.args.sampler / sample_shift: {e}") from None
         # Filled by model_kwargs from the training data:
         self.num_classes, self.class_names, self.image_shape = 0, None, None
         self.vae, self.latents = vae, None  # the autoencoder's folder; loaded by _use_vae
