@@ -120,8 +120,10 @@ def test_images_are_sampled_in_chunks_with_a_progress_bar_and_the_same_noise(run
     cond, _ = task.conditions(10)
     chunks = task.sample_images(model, cond, 10, seed=0, steps=2, cfg_scale=2.0)
     task.sample_batch_size = 256
-    assert torch.equal(chunks, task.sample_images(model, cond, 10, seed=0, steps=2,
-                                                  cfg_scale=2.0))
+    whole = task.sample_images(model, cond, 10, seed=0, steps=2, cfg_scale=2.0)
+    # The same starting noise; only float rounding differs between batch sizes (another
+    # noise would differ by ~1).
+    torch.testing.assert_close(chunks, whole, rtol=1e-4, atol=1e-5)
     assert len(list((tmp_path / "each").glob("*.png"))) == 10
 
 
