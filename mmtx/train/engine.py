@@ -127,6 +127,12 @@ class Trainer:
             from timm.utils import ModelEmaV3
             self.ema = ModelEmaV3(self.accelerator.unwrap_model(self.model), decay=t.ema)
         self.global_batch = d.batch_size * self.accelerator.num_processes * accum
+        if self.main and cfg.logging.progress:  # what a launcher really started
+            n = self.accelerator.num_processes
+            print(f"world size {n} ({self.accelerator.distributed_type.value}, "
+                  f"{self.accelerator.device.type}); global batch {self.global_batch} = "
+                  f"data.batch_size {d.batch_size} x {n} process{'es' * (n > 1)} x "
+                  f"optim.grad_accum {accum}", flush=True)
         self._interrupted = 0  # the stop signal received, if any
 
     # ---------------------------------------------------------------- state and resume
