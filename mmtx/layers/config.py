@@ -1,4 +1,4 @@
-"""The fused-kernel switch: one global flag, read by `attention` and `local`.
+"""The fused-kernel switch: one global flag, read by the one kernel (`sdpa`) and `Attention`.
 
 Fused kernels (PyTorch's SDPA) run unless a caller asks for the explicit math path, which is the
 reference the fused path is tested against (timm keeps the same kind of global switch).

@@ -20,8 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .config import fused_attn_enabled
 from .masks import in_window
+from .sdpa import scaled_dot_product_attention
 
 _CHUNK = 1 << 22  # scores per chunk of blocks (16 MiB in fp32)
 
@@ -46,14 +46,9 @@ def _check(q, k, v, window, global_positions):
 
 
 def _attend(q, k, v, mask, scale):
-    """softmax(q k^T * scale, where mask) v; every row has a visible key. Fused unless the global
-    switch (`use_fused_attn(False)`) asks for the explicit math."""
-    if fused_attn_enabled():
-        # mask (n, b, span) as (1, n, b, span): a 3-D mask would send PyTorch's CPU dispatch
-        # to its slow math fallback instead of the flash kernel.
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale)
-    scores = (q @ k.transpose(-1, -2) * scale).masked_fill_(~mask, float("-inf"))
-    return scores.softmax(-1) @ v
+    """softmax(q k^T * scale, where mask) v through the one kernel; every row has a visible key.
+    mask (n, b, span) is viewed as (1, n, b, span): the kernel broadcasts it over BH."""
+    return scaled_dot_product_attention(q, k, v, mask=mask[None], scale=scale)
 
 
 def local_attention(
