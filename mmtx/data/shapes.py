@@ -483,6 +483,11 @@ class ShapesDataset(Dataset):
             return [m["caption"] for m in self._meta]
         return [make_caption(self.scene(i), self.task) for i in range(self.num_samples)]
 
+    def vocabulary(self) -> list[str]:
+        """Every word a caption of any split or task can use (`shapes_vocabulary`), so a
+        tokenizer built from it reads every shapes caption (`VocabularyDataset`)."""
+        return shapes_vocabulary()
+
     # --- cache --------------------------------------------------------------------------------
     def _config_key(self) -> str:
         cfg = [self.num_samples, self.image_size, self.split, self.seed, self.task,

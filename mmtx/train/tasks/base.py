@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ...data import collate
+from ...data.protocols import ImageDataset
 from ..data import ITEM_SEED
 
 _TASKS: dict[str, type[Task]] = {}
@@ -52,13 +53,11 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def image_kwargs(dataset) -> dict:
-    """The model keywords an image dataset fixes: in_chans and img_size (where it has them)."""
-    kwargs = {}
-    for attr, arg in (("in_chans", "in_chans"), ("image_size", "img_size")):
-        value = getattr(dataset, attr, None)
-        if value is not None:
-            kwargs[arg] = value
-    return kwargs
+    """The model keywords an image dataset (`ImageDataset`) fixes: in_chans and img_size."""
+    if not isinstance(dataset, ImageDataset):
+        return {}
+    return {arg: value for arg, value in (("in_chans", dataset.in_chans),
+                                          ("img_size", dataset.image_size)) if value is not None}
 
 
 def per_item(batch: dict, draw: Callable[[torch.Generator], tuple[torch.Tensor, ...]]

@@ -13,7 +13,8 @@ import json
 import torch
 import torch.nn.functional as F
 
-from ...data import CaptionCollate, ShapesDataset, WordTokenizer, shapes_vocabulary
+from ...data import CaptionCollate, WordTokenizer
+from ...data.protocols import VocabularyDataset
 from ...data.render import COLOURS, SHAPES
 from ...data.scene_text import converse
 from .base import Task, image_kwargs, mean_over_processes, register_task
@@ -23,14 +24,15 @@ ATTRIBUTE_WORDS = {"colour": set(COLOURS), "shape": set(SHAPES), "size": {"small
 
 
 def caption_tokenizer(dataset):
-    """The dataset's own tokenizer, or a word tokenizer over its captions (every word a caption
-    of any split can use, for the shapes data: `shapes_vocabulary`)."""
+    """The dataset's own tokenizer, or a word tokenizer over its vocabulary (a
+    `VocabularyDataset`, e.g. the shapes data: every word a caption of any split can use), or
+    over its captions."""
     tok = getattr(dataset, "tokenizer", None)
     if tok is not None:
         return tok
+    if isinstance(dataset, VocabularyDataset):  # a subset passes its base's methods through
+        return WordTokenizer(dataset.vocabulary())
     base = getattr(dataset, "base", dataset)  # a fraction of a dataset wraps it
-    if isinstance(base, ShapesDataset):
-        return WordTokenizer(shapes_vocabulary())
     captions = getattr(base, "captions", None)
     if captions is None:
         raise ValueError(f"data: a captioning task needs a dataset with captions, got "

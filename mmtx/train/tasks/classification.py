@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ...data import collate
+from ...data.protocols import ClassDataset, class_names
 from .base import Task, image_kwargs, register_task
 
 
@@ -33,10 +34,9 @@ class ClassificationTask(Task):
 
     def model_kwargs(self, dataset) -> dict:
         kwargs = image_kwargs(dataset)
-        if getattr(dataset, "num_classes", None) is not None:
+        if isinstance(dataset, ClassDataset) and dataset.num_classes is not None:
             kwargs["num_classes"] = dataset.num_classes
-        names = getattr(dataset, "class_names", None)
-        self.class_names = list(names) if names is not None else None
+        self.class_names = class_names(dataset)
         return kwargs
 
     def collate_fn(self, dataset):

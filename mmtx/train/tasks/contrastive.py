@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ...data import CaptionCollate, ShapesDataset
+from ...data.protocols import ImageDataset
 from ...data.render import COLOURS, SHAPES
 from ...eval.retrieval import retrieval_recall, zero_shot_accuracy
 from ...models.contrastive import clip_loss
@@ -51,7 +52,7 @@ class ContrastiveTask(Task):
         if self.hard_negatives and not getattr(base, "return_foils", None):
             raise ValueError("task.args.hard_negatives needs foil captions in the data: set "
                              f"data.args.return_foils (e.g. {list(self._kinds())}), got none")
-        self.image_size = getattr(dataset, "image_size", None)
+        self.image_size = dataset.image_size if isinstance(dataset, ImageDataset) else None
         return {"vocab_size": self.tokenizer.vocab_size, "max_len": self.max_len,
                 **image_kwargs(dataset)}
 

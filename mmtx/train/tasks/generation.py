@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ...data import CaptionCollate, WordTokenizer, collate, load_tokenizer, shapes_vocabulary
+from ...data.protocols import ClassDataset, class_names
 from ...data.shapes import ShapesDataset
 from ...diffusion.sampling import check_cfg_scale, create_objective, create_sampler, generate
 from ...eval.samples import (
@@ -41,6 +42,7 @@ from ...eval.samples import (
     shapes_base,
 )
 from ...io import write_bytes, write_json
+from ...models.protocols import prediction
 from ...viz.grids import save_grid, to_uint8
 from ...viz.plots import plot_cond_acc
 from .base import Task, per_item, register_task
@@ -201,14 +203,11 @@ class GenerationTask(Task):
         c, h, _ = self.model_shape
         kwargs = {"in_chans": c, "img_size": h, "cond_drop": 0.0}  # the step drops conditions
         if self.cond == "class":
-            num = getattr(dataset, "num_classes", None)
-            if not num:
+            if not isinstance(dataset, ClassDataset) or not dataset.num_classes:
                 raise ValueError(f"task.args.cond 'class' needs a dataset with num_classes, "
                                  f"got {type(dataset).__name__}")
-            self.num_classes = int(num)
-            names = getattr(dataset, "class_names", None)
-            self.class_names = list(names) if names is not None else [
-                str(i) for i in range(self.num_classes)]
+            self.num_classes = int(dataset.num_classes)
+            self.class_names = class_names(dataset) or [str(i) for i in range(self.num_classes)]
             kwargs["num_classes"] = self.num_classes
         else:
             kwargs["num_classes"] = 0
@@ -247,10 +246,9 @@ class GenerationTask(Task):
         the network's output is read as the clean image and turned into the velocity the flow
         objective and samplers use: v = (x_t - x0) / t, t clamped at x0_t_min."""
         def predict(x, t, c):
-            out = model(x, t, **(c or {}))
-            # A DiT with learn_sigma (the published weights) also predicts the variance: its
-            # second half of channels, which these objectives and samplers do not use.
-            return out[:, :x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out
+            # A DiT with learn_sigma (the published weights) also predicts the variance, which
+            # these objectives and samplers do not use (the `Generator` contract).
+            return prediction(model(x, t, **(c or {})), x)
 
         if self.prediction == "velocity":
             return predict
