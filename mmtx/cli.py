@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import signal
 import sys
@@ -130,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# errno of an OSError that is the machine's state, not a bug: reported in one line
+_NO_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     from .train.signals import on_stop_signals, stop_now
@@ -142,6 +147,11 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError) as e:  # a user's mistake: say it, without a traceback
         print(f"mmtx {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a full disk, a read-only or foreign folder: one line naming the file
+        if e.errno not in _NO_WRITE:
+            raise
+        print(f"mmtx {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt as e:
         print(f"mmtx {args.command}: {e or 'interrupted'}", file=sys.stderr)
         sys.exit(128 + getattr(e, "signum", signal.SIGINT))

@@ -9,9 +9,12 @@ Imports nothing else of mmtx, so every layer may use it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,26 +27,69 @@ class DirectoryInUse(ValueError):
     """Another live process is writing the run (or experiment) directory asked for."""
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, read-only file system, no permission). Its text
+    is one line naming the file and why, so a command prints it without a traceback."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")  # how Rust libraries (safetensors) quote errno
+_FEW_BYTES = 1 << 20  # a write that failed with less than this left free: the disk was full
+
+
+def write_error(path: str | Path, e: BaseException) -> WriteError | None:
+    """The WriteError for a failure `e` while writing `path`, or None when `e` is no I/O failure.
+    Libraries report a full disk in their own words (safetensors: "os error 28"; torch's zip
+    writer: a RuntimeError, "unexpected pos"): such an error with under 1 MiB left free
+    counts as a full disk."""
+    if isinstance(e, WriteError):
+        return e
+    code = e.errno if isinstance(e, OSError) else None
+    found = _OS_ERROR.search(str(e))
+    code = code or (int(found.group(1)) if found else None)
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if code is None and isinstance(e, RuntimeError) and free < _FEW_BYTES:
+        code = errno.ENOSPC
+    if code is None:
+        return None
+    return WriteError(code, f"cannot write {path}: {os.strerror(code)} ({free:,} bytes free "
+                            f"on its file system)", str(path))
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder; when the block ends without error, the file
     written there is flushed to disk and renamed onto `path` (atomic on one filesystem).
-    On any error, the temporary file is removed and `path` is left as it was.
+    On any error, the temporary file is removed and `path` is left as it was; a failure to
+    write (full disk, read-only folder) is a WriteError naming `path`.
 
     Libraries that take a file name (safetensors, matplotlib, PIL, numpy) write to the yielded
     path; the suffix is kept so that they infer the same format."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
-                               dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
+                                   dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
+    except Exception as e:
+        error = write_error(path, e)  # before the temporary file frees its space
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

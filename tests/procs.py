@@ -37,3 +37,75 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def run_commands(commands: list[list[str]], out: Path, timeout: float = 60.0,
+                 env: dict | None = None) -> list[dict]:
+    """Run each `mmtx ARGV...` of `commands` as its own process, and return per command its
+    exit code ("timeout" when it ran past `timeout` seconds and was killed), stdout and stderr.
+
+    One helper process (this file run as a script) imports mmtx once and forks a child per
+    command: each is a real process with its own exit code and output, without paying for the
+    imports again."""
+    import json
+    import subprocess
+    import sys
+
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "commands.json"
+    spec.write_text(json.dumps({"commands": commands, "timeout": timeout}))
+    subprocess.run([sys.executable, __file__, str(spec)], env=env, check=True,
+                   timeout=timeout * len(commands) + 120)
+    return json.loads((out / "results.json").read_text())
+
+
+def _helper(spec_file: str) -> None:
+    import json
+    import os
+    import signal
+    import sys
+    import time
+
+    import mmtx.cli
+    import mmtx.predict  # noqa: F401  (imported once, before the forks)
+
+    spec = json.loads(Path(spec_file).read_text())
+    folder, results = Path(spec_file).parent, []
+    for n, argv in enumerate(spec["commands"]):
+        log = folder / f"command{n}"
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for fd, suffix in ((1, ".out"), (2, ".err")):
+                    os.dup2(os.open(f"{log}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+                mmtx.cli.main(argv)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        end, status = time.time() + spec["timeout"], None
+        while status is None and time.time() < end:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            status = os.waitstatus_to_exitcode(raw) if done else None
+            time.sleep(0.02)
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            status = "timeout"
+        results.append({"argv": argv, "code": status, "stdout": Path(f"{log}.out").read_text(),
+                        "stderr": Path(f"{log}.err").read_text()})
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _helper(sys.argv[1])

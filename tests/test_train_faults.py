@@ -245,6 +245,16 @@ def _truncate(path):
     ("optimizer.bin", _truncate),
     ("scheduler.bin", _truncate),
     ("train_state.json", _truncate),
+    # Accelerate only logs a random-state file that does not load: it must not resume silently
+    ("random_states_0.pkl", _truncate),
+    ("random_states_0.pkl", lambda p: p.write_bytes(bytes(range(256)) * 8)),
+    ("random_states_0.pkl", lambda p: torch.save([1, 2], p)),  # loads, but holds no states
+    ("train_state.json", lambda p: p.write_text(p.read_text().replace('"step": 4', '"step": '
+                                                                      '"4x"'))),
+    ("train_state.json", lambda p: p.write_text(p.read_text().replace('"step": 4', '"step": '
+                                                                      '4.5'))),
+    ("train_state.json", lambda p: p.write_text(p.read_text().replace('"step": 4', '"step": '
+                                                                      '3'))),
 ])
 def test_a_corrupt_checkpoint_names_its_file_and_the_older_one(two_checkpoints, tmp_path, name,
                                                                damage):
@@ -262,3 +272,33 @@ def test_a_corrupt_checkpoint_names_its_file_and_the_older_one(two_checkpoints, 
     if name == "optimizer.bin":  # the hint holds: without the damaged one, the run resumes
         shutil.move(newest, tmp_path / "damaged")
         assert train(cfg, run_dir=run, data=splits(), resume=True)["resumed_from"] == 2
+
+
+def test_train_state_values_are_named_when_wrong(two_checkpoints, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    state = run / "checkpoints" / "step_00000004" / "train_state.json"
+    cfg = tiny_config(max_steps=4, checkpoint_every=2, eval_every=0)
+    for text, reason in ((state.read_text().replace('"step": 4', '"step": "4x"'),
+                          r"'step' must be an integer >= 0, got '4x'"),
+                         (state.read_text().replace('"step": 4', '"step": 3'),
+                          r"'step' is 3 in the checkpoint of step 4"),
+                         ("[4]", r"expected a JSON object, got list")):
+        state.write_text(text)
+        with pytest.raises(ValueError, match=rf"train_state.json is unreadable \({reason}\)"):
+            train(cfg, run_dir=run, data=splits(), resume=True)
+
+
+def test_a_missing_random_state_file_is_named(two_checkpoints, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    newest = run / "checkpoints" / "step_00000004"
+    (newest / "random_states_0.pkl").unlink()
+    with pytest.raises(ValueError, match=rf"checkpoint '{newest}': no random_states_0.pkl; it "
+                                         rf"holds the random states of 0 process\(es\)"):
+        train(tiny_config(max_steps=4, checkpoint_every=2, eval_every=0), run_dir=run,
+              data=splits(), resume=True)

@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..io import write_text
+
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<mask>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, MASK_ID, UNK_ID = range(5)
 
@@ -56,7 +58,7 @@ class Tokenizer:
 
     def save(self, path) -> None:
         """Write the tokenizer as JSON; `load_tokenizer(path)` reads it back."""
-        Path(path).write_text(json.dumps({"type": self.kind, **self._state()}, ensure_ascii=False))
+        write_text(path, json.dumps({"type": self.kind, **self._state()}, ensure_ascii=False))
 
     @classmethod
     def load(cls, path) -> Tokenizer:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from ..io import atomic_path, write_json
+from ..io import WriteError, atomic_path, write_error, write_json
 
 STATE_FILE = "train_state.json"  # written last: its presence marks a complete checkpoint
 _NAME = re.compile(r"^step_(\d+)$")
@@ -54,18 +54,28 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, *,
     if final.is_dir() and (final / STATE_FILE).is_file():
         return final  # this step is already saved (e.g. periodic save, then the end of training)
     tmp = root / f".tmp-step_{step:08d}"
+    try:
+        if accelerator.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)  # left by a crash during an earlier save
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()  # every process's RNG file is in tmp before the rename
+        if accelerator.is_main_process:
+            if ema is not None:
+                save_file(_contiguous(ema.module.state_dict()), str(tmp / "ema.safetensors"))
+            write_json(tmp / STATE_FILE, state)
+            os.replace(tmp, final)  # atomic on one filesystem
+    except Exception as e:  # a full disk, most often: leave no half-written checkpoint
+        error = write_error(final, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error is None:
+            raise
+        last = latest_checkpoint(run_dir)
+        raise WriteError(error.errno, f"{error}; the last complete checkpoint is "
+                                      f"{last or 'none'}", error.filename) from None
     if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by a crash during an earlier save
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()  # every process's RNG file is in tmp before the rename
-    if accelerator.is_main_process:
-        if ema is not None:
-            save_file(_contiguous(ema.module.state_dict()), str(tmp / "ema.safetensors"))
-        write_json(tmp / STATE_FILE, state)
-        os.replace(tmp, final)  # atomic on one filesystem
         for _, old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -83,7 +93,18 @@ def load_checkpoint(accelerator, path: str | Path, *, ema=None) -> dict:
         state = json.loads(state_file.read_text())
     except ValueError as e:  # JSON or UTF-8 decoding
         raise _unreadable(path, state_file, e) from None
+    problem = _bad_state(state, path)
+    if problem:
+        raise _unreadable(path, state_file, problem)
+    # Accelerate's load_state logs a random-state file that does not load and goes on, so a
+    # damaged one would resume with other random streams without a word: check it here.
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    if not rng.is_file():
+        saved = len(list(path.glob("random_states_*.pkl")))
+        raise ValueError(f"checkpoint {str(path)!r}: no {rng.name}; it holds the random states "
+                         f"of {saved} process(es): resume with as many")
     try:
+        _load_rng(rng)
         accelerator.load_state(str(path))
         if ema is not None and (path / "ema.safetensors").is_file():
             ema.module.load_state_dict(load_file(str(path / "ema.safetensors"), device="cpu"))
@@ -97,6 +118,34 @@ def load_checkpoint(accelerator, path: str | Path, *, ema=None) -> dict:
     return state
 
 
+_STATE_INTS = ("step", "epoch", "batch_in_epoch", "items")
+
+
+def _bad_state(state, path: Path) -> str | None:
+    """Why train_state.json's content cannot be resumed from, or None."""
+    if not isinstance(state, dict):
+        return f"expected a JSON object, got {type(state).__name__}"
+    for key in _STATE_INTS:
+        value = state.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{key!r} must be an integer >= 0, got {value!r}"
+    if not isinstance(state.get("train_s"), (int, float)) or not state["train_s"] >= 0:
+        return f"'train_s' must be a number >= 0, got {state.get('train_s')!r}"
+    m = _NAME.match(path.name)
+    if m and int(m.group(1)) != state["step"]:
+        return f"'step' is {state['step']} in the checkpoint of step {int(m.group(1))}"
+    return None
+
+
+def _load_rng(file: Path) -> None:
+    """Load a random-state file as Accelerate does, raising where it would only log."""
+    from accelerate.utils import load
+
+    states = load(file)
+    if not isinstance(states, dict) or "random_state" not in states:
+        raise ValueError(f"expected a dict of random states, got {type(states).__name__}")
+
+
 def _first_bad_file(path: Path) -> tuple[Path, Exception] | None:
     """The first weights or state file in checkpoint `path` that does not load, and why."""
     from accelerate.utils import load  # torch.load(weights_only=True) + numpy's RNG types
@@ -105,6 +154,8 @@ def _first_bad_file(path: Path) -> tuple[Path, Exception] | None:
         try:
             if file.suffix == ".safetensors":
                 load_file(str(file))
+            elif file.name.startswith("random_states_"):
+                _load_rng(file)
             elif file.suffix in (".bin", ".pkl"):
                 load(file)
         except Exception as e:
@@ -112,9 +163,13 @@ def _first_bad_file(path: Path) -> tuple[Path, Exception] | None:
     return None
 
 
+def _first_line(e) -> str:
+    """The first line of an error's text (at most 200 characters), or its type's name."""
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
 def _unreadable(path: Path, file: Path | None, reason) -> ValueError:
-    reason = str(reason).strip().splitlines()[0][:200] if str(reason).strip() else \
-        type(reason).__name__
+    reason = _first_line(reason)
     what = f"{file.name} is unreadable" if file is not None else "does not load"
     run_dir = path.parent.parent
     older = [p for _, p in list_checkpoints(run_dir) if p.name < path.name]  # names sort by step
@@ -142,7 +197,11 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
-        load_model(model, str(path), strict=strict)
+        try:
+            load_model(model, str(path), strict=strict)
+        except Exception as e:  # SafetensorError (truncated, not safetensors), RuntimeError (keys)
+            raise ValueError(f"weights file {str(path)!r} does not load into the "
+                             f"{type(model).__name__} ({_first_line(e)})") from None
         return model
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

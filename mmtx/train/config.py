@@ -17,7 +17,7 @@ from typing import Any, Union  # Union: matched at runtime in _coerce
 
 import yaml
 
-from ..io import read_utf8
+from ..io import read_utf8, write_text
 from ..keys import unknown_key
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -113,7 +113,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _valid_keys(cls, prefix: str = "") -> list[str]:

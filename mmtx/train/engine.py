@@ -8,7 +8,6 @@ A run resumed from a checkpoint therefore reproduces an uninterrupted run on CPU
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -26,7 +25,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..io import exclusive
+from ..io import exclusive, write_json
 from ..models.registry import create_model
 from . import checkpoint as ckpt
 from .config import RESUMABLE, Config, config_changes, load_config
@@ -419,8 +418,8 @@ class Trainer:
         if self.main:
             ckpt.save_weights(final_model, self.run_dir / "model.safetensors")
             if self.model_spec is not None:
-                (self.run_dir / "model.json").write_text(json.dumps(self.model_spec, indent=1))
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+                write_json(self.run_dir / "model.json", self.model_spec)
+            write_json(self.run_dir / "summary.json", summary)
             extra = self.task.artefacts(final_model, self.datasets, results, self.run_dir, log,
                                         step)
             log.summary(summary)

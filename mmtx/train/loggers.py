@@ -11,6 +11,8 @@ import secrets
 import warnings
 from pathlib import Path
 
+from ..io import write_error, write_text
+
 
 def wandb_mode(mode: str) -> str:
     """auto: $WANDB_MODE if set, else online when $WANDB_API_KEY is set, else offline."""
@@ -74,7 +76,7 @@ class RunLogger:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
-        self.path.write_text("".join(k + "\n" for k in keep))
+        write_text(self.path, "".join(k + "\n" for k in keep))
         self.lines = len(keep)
 
     def _init_wandb(self) -> None:
@@ -112,8 +114,11 @@ class RunLogger:
             s = _scalar(v)
             if s is not None:
                 row[k] = s if not (isinstance(s, float) and not math.isfinite(s)) else str(s)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a full disk: name the file (a write error does not)
+            raise write_error(self.path, e) from None
         self.lines += 1
         if self.wandb_on:
             try:

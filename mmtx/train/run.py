@@ -9,6 +9,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..data import load_tokenizer
+from ..io import read_utf8
 from ..models.registry import create_model
 from .checkpoint import load_weights
 from .config import Config, load_config
@@ -27,10 +28,22 @@ def load_run(run_dir) -> tuple[nn.Module, Config, Task]:
             raise FileNotFoundError(f"run_dir {str(run_dir)!r}: no {name}; expected the "
                                     f"directory of a finished `mmtx train` run")
     cfg = load_config(run_dir / "config.yaml")
-    spec = json.loads((run_dir / "model.json").read_text())
+    spec = read_json(run_dir / "model.json")
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+            and isinstance(spec.get("args"), dict)):
+        raise ValueError(f"{run_dir / 'model.json'}: expected {{\"name\": ..., \"args\": "
+                         f"{{...}}}} as `mmtx train` writes it, got {str(spec)[:80]}")
     model = load_weights(create_model(spec["name"], **spec["args"]),
                          run_dir / "model.safetensors")
     return model.eval(), cfg, create_task(cfg.task.name, **cfg.task.args)
+
+
+def read_json(path):
+    """The JSON in `path`; a file that is not JSON is a ValueError naming it."""
+    try:
+        return json.loads(read_utf8(path, "JSON file"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def load_generator(run_dir, vae=None) -> tuple[nn.Module, Task, Config]:

@@ -8,8 +8,6 @@ model.generate(images, max_new_tokens, beam_size) -> ids (B, 1 + T).
 
 from __future__ import annotations
 
-import json
-
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +15,7 @@ from ...data import CaptionCollate, WordTokenizer
 from ...data.protocols import VocabularyDataset
 from ...data.render import COLOURS, SHAPES
 from ...data.scene_text import converse
+from ...io import write_json
 from .base import Task, image_kwargs, mean_over_processes, register_task
 
 # The words whose accuracy says whether the captioner read the scene (not its grammar).
@@ -126,7 +125,7 @@ class CaptioningTask(Task):
         """test_captions.json and a W&B table of predicted and true captions."""
         test = results.get("test") or {}
         if test.get("captions"):
-            (run_dir / "test_captions.json").write_text(json.dumps(test["captions"], indent=1))
+            write_json(run_dir / "test_captions.json", test["captions"])
             log.log_table("test/captions", ["pred", "true"],
                           [[c["pred"], c["true"]] for c in test["captions"]], step)
         self.tokenizer.save(run_dir / "tokenizer.json")  # `mmtx caption` reads it back

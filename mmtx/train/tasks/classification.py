@@ -3,7 +3,6 @@ and the attention rollout of attention models as artefacts."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from functools import partial
 
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 
 from ...data import collate
 from ...data.protocols import ClassDataset, class_names
+from ...io import write_json
 from .base import Task, image_kwargs, register_task
 
 
@@ -106,8 +106,8 @@ class ClassificationTask(Task):
         predictions = [{"index": i, "label": y, "pred": p} for i, (y, p) in
                        enumerate(zip(test.get("labels", []), test.get("predictions", [])))]
         if test:
-            (run_dir / "test_predictions.json").write_text(json.dumps(
-                {"predictions": predictions, "confusion": test.get("confusion")}))
+            write_json(run_dir / "test_predictions.json",
+                       {"predictions": predictions, "confusion": test.get("confusion")})
         if predictions:
             log.log_table("test/predictions", ["index", "label", "pred"],
                           [[r["index"], r["label"], r["pred"]] for r in predictions], step)
