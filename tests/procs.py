@@ -59,38 +59,52 @@ def run_commands(commands: list[list[str]], out: Path, timeout: float = 60.0,
     return json.loads((out / "results.json").read_text())
 
 
+def fork_cli(argv: list[str], log: Path, before=None) -> int:
+    """Run `mmtx argv` in a forked child, its output in log.out / log.err; returns its pid.
+    `before()`, if given, runs in the child first (e.g. to arm a kill point). The caller must
+    have imported what the command needs (nothing run on a thread pool yet, so a fork is safe)."""
+    import os
+    import sys
+
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        for fd, suffix in ((1, ".out"), (2, ".err")):
+            os.dup2(os.open(f"{log}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        if before is not None:
+            before()
+        from mmtx.cli import main
+
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def _helper(spec_file: str) -> None:
     import json
     import os
     import signal
-    import sys
     import time
 
-    import mmtx.cli
-    import mmtx.predict  # noqa: F401  (imported once, before the forks)
+    import mmtx.cli  # noqa: F401  (imported once, before the forks)
+    import mmtx.predict  # noqa: F401
 
     spec = json.loads(Path(spec_file).read_text())
     folder, results = Path(spec_file).parent, []
     for n, argv in enumerate(spec["commands"]):
         log = folder / f"command{n}"
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                for fd, suffix in ((1, ".out"), (2, ".err")):
-                    os.dup2(os.open(f"{log}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-                mmtx.cli.main(argv)
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+        pid = fork_cli(argv, log)
         end, status = time.time() + spec["timeout"], None
         while status is None and time.time() < end:
             done, raw = os.waitpid(pid, os.WNOHANG)

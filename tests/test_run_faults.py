@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from procs import alive, descendants
+from procs import alive, descendants, fork_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "cnn_vs_vit_quick.yaml"
@@ -77,29 +77,7 @@ def _arm(point: str) -> None:
 
 def _fork(argv: list[str], log: Path, kill_at: str | None = None) -> int:
     """Run `mmtx argv` in a child process, its output in log.out / log.err; returns its pid."""
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        for fd, suffix in ((1, ".out"), (2, ".err")):
-            os.dup2(os.open(f"{log}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        if kill_at:
-            _arm(kill_at)
-        from mmtx.cli import main
-
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    return fork_cli(argv, log, before=(lambda: _arm(kill_at)) if kill_at else None)
 
 
 def _rows_ready(watch: str, files: int, rows: int) -> bool:
