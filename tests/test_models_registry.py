@@ -99,3 +99,16 @@ def test_meta_parameter_count_at_full_size():
     # Nothing is allocated: the count of DiT-XL/2 (675 M parameters, learn_sigma) is the
     # DiT paper's Table 4 figure, 675 M, without building 2.7 GB of weights.
     assert round(count_model_params("dit_xl_2", learn_sigma=True) / 1e6) == 675
+
+
+def test_every_family_has_an_example_recipe(monkeypatch):
+    from mmtx.models.examples import model_example
+
+    for family in sorted({model_info(n).family for n in MODELS}):
+        name = list_models(family=family)[0]
+        ex = model_example(name, batch=3)
+        assert ex.inputs[0].shape[0] == 3 and ex.out_shape[0] == 3, family
+    monkeypatch.setitem(registry._MODELS, "scratch_no_recipe", ModelInfo(
+        "scratch_no_recipe", lambda **kw: torch.nn.Linear(2, 2), __name__, "scratch", None))
+    with pytest.raises(ValueError, match="family 'scratch' has no example recipe"):
+        model_example("scratch_no_recipe")

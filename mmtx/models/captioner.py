@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .decoding import trim_finished
+from .examples import image_and_text, register_example
 from .registry import register_model
 from .text import TextDecoder, check_ids
 from .vit import ViT
@@ -167,4 +168,8 @@ def captioner_small_patch4_32(**overrides) -> ImageCaptioner:
                            text_depth=3), overrides)
 
 
+register_example("captioner", image_and_text("tokens"))
+
+
 __all__ = ["ImageCaptioner"]
+

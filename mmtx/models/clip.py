@@ -34,6 +34,7 @@ from .convert.clip import (
     load_open_clip_weights,
     open_clip_kwargs,
 )
+from .examples import image_and_text, register_example
 from .registry import register_model
 from .text import TextEncoder
 from .vit import ViT
@@ -191,6 +192,23 @@ def clip_base_patch32_224(**overrides) -> CLIP:
                       act="quick_gelu", text_pool="argmax"), overrides)
 
 
+class PairLogits(nn.Module):
+    """A dual encoder's (image_features, text_features, logit_scale) as one (B, B) tensor of
+    image-to-text logits: what the example over every registered model checks and
+    backpropagates."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, ids):
+        image_features, text_features, scale = self.model(images, ids)
+        return scale * image_features @ text_features.T
+
+
+register_example("clip", image_and_text("pairs", PairLogits, embed_dim=16))
+
+
 # --- conversion (the reading of the other libraries' models is in convert/clip.py) -----------
 
 
@@ -212,3 +230,6 @@ def from_open_clip(oc_model) -> CLIP:
 
 
 __all__ = ["CLIP", "from_hf_clip", "from_open_clip"]
+
+
+

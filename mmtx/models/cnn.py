@@ -13,6 +13,7 @@ import functools
 import torch
 import torch.nn as nn
 
+from .examples import images_to_logits, register_example
 from .registry import register_model, register_prefix
 
 
@@ -224,3 +225,7 @@ class DilatedConvNet(nn.Module):
 def convnet_dilated(**kw) -> DilatedConvNet:
     """Whole-image receptive field at half resolution: 64 px at the default four blocks."""
     return DilatedConvNet(**kw)
+
+
+# (CNN baselines cannot be narrowed by overrides; the 8 px example input keeps them fast.)
+register_example("cnn", images_to_logits())

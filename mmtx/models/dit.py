@@ -33,6 +33,7 @@ import torch.nn as nn
 from ..layers import ConvStem, Encoder, PatchEmbed, modulate, sincos_2d_encoding, unpatchify
 from .conditioning import CaptionConditioner, Conditioner, check_labels  # noqa: F401 (old path)
 from .convert.diffusers_dit import diffusers_dit_kwargs, load_diffusers_dit_weights
+from .examples import noisy_images, register_example
 from .registry import register_model
 
 SINCOS = ("mmtx", "diffusers")
@@ -300,6 +301,9 @@ def dit_xl_4(**kw) -> DiT:
 @register_model(family="dit", task="generation")
 def dit_xl_8(**kw) -> DiT:
     return _paper("xl", 8, kw)
+
+
+register_example("dit", noisy_images(patch_size=2, dim=32, depth=1, num_heads=2))
 
 
 # ---- conversion from diffusers (the reading of diffusers' models is in convert/diffusers_dit.py)

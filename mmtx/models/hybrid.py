@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvStem, Encoder, LearnedPositionEmbedding, sincos_2d_encoding
+from .examples import images_to_logits, register_example
 from .registry import register_model
 
 
@@ -122,3 +123,6 @@ def cct_2_3x2_32(**kw) -> CCT:
 @register_model(family="hybrid", task="classification")
 def cct_7_3x1_32(**kw) -> CCT:
     return _cct(dict(img_size=32, dim=256, depth=7, num_heads=4, mlp_ratio=2.0, conv_layers=1), kw)
+
+
+register_example("hybrid", images_to_logits(dim=32, depth=1, num_heads=2))

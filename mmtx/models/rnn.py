@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from .compat import rename_options, renamed_options
+from .examples import register_example, tokens_to_class
 from .registry import register_model
 from .text import check_ids
 
@@ -94,3 +95,6 @@ def lstm_small(**overrides):
 def lstm_tiny(**overrides):
     """A 1-layer, 128-wide LSTM for quick CPU runs."""
     return _lstm(dict(vocab_size=256, dim=128, hidden_dim=128, num_layers=1), overrides)
+
+
+register_example("rnn", tokens_to_class(dim=16, hidden_dim=16, pool="last"))

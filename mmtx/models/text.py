@@ -21,6 +21,7 @@ from ..layers import (
 from .compat import rename_options, renamed_options
 from .convert.hf_text import bert_kwargs, gpt2_kwargs, load_bert_weights, load_gpt2_weights
 from .decoding import DecodeState, check_sampling_args, decode, trim_finished
+from .examples import register_example, tokens_to_logits
 from .registry import register_model
 
 POSITIONS = ("learned", "sinusoidal", "rope")
@@ -447,6 +448,9 @@ def seq2seq_tiny(**overrides):
     """A small encoder-decoder for the synthetic seq2seq tasks."""
     return _build(Seq2Seq, dict(vocab_size=64, max_len=128, dim=128, depth=2, num_heads=4),
                   overrides)
+
+
+register_example("text", tokens_to_logits(max_len=16, dim=32, depth=1, num_heads=2))
 
 
 # --- Hugging Face conversion (the reading of HF models is in convert/hf_text.py) --------------

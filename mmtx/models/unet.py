@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..layers import Block, DropPath, modulate
 from .conditioning import Conditioner
+from .examples import noisy_images, register_example
 from .registry import register_model
 
 COND_MODES = ("film", "add")
@@ -269,3 +270,6 @@ def unet_base(**kw) -> UNet:
 @register_model(family="unet", task="generation")
 def unet_hybrid_base(**kw) -> UNet:
     return _unet(_BASE, kw, attn_lowest=True)
+
+
+register_example("unet", noisy_images(channels=(8, 16), num_heads=2))

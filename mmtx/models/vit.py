@@ -24,6 +24,7 @@ from ..layers import (
     sincos_2d_encoding,
 )
 from .convert.timm import read_timm_checkpoint, timm_vit_kwargs, timm_vit_state_dict
+from .examples import images_to_logits, register_example
 from .registry import register_model
 
 _POOLS = ("token", "avg", "max", "avgmax")
@@ -227,6 +228,11 @@ def load_timm_checkpoint(path, timm_name: str, resize_to=None, **timm_kwargs) ->
 
 
 # --- registered sizes ------------------------------------------------------------------------
+
+
+# Tests over every registered model: one 32-wide block over 4 px patches of 8 px images.
+register_example("vit", images_to_logits(patch_size=4, dim=32, depth=1, num_heads=2,
+                                         drop_path_rate=0.1))
 
 
 def _vit(defaults: dict, overrides: dict) -> ViT:
