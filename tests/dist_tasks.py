@@ -75,6 +75,12 @@ CASES = {
 }
 
 
+# the same tiny DiT, by strategy (EMA off: "fsdp" refuses it); run on GPUs only
+for strategy in ("ddp", "fsdp"):
+    CASES[f"dit_{strategy}"] = CASES["generation_class_ema"]
+STRATEGY = {"dit_ddp": "ddp", "dit_fsdp": "fsdp"}
+
+
 def config(case: str, processes: int) -> dict:
     model, data, task = CASES[case]
     return {"model": model,
@@ -82,7 +88,8 @@ def config(case: str, processes: int) -> dict:
             "task": task,
             "optim": {"lr": 3e-3, "warmup_steps": 2, "clip_grad": 1.0},
             "train": {"max_steps": 6, "log_every": 1, "eval_every": 3, "seed": 0, "threads": 1,
-                      "ema": 0.9 if case.startswith("generation") else None},
+                      "ema": 0.9 if case.startswith("generation") else None,
+                      "strategy": STRATEGY.get(case, "ddp")},
             "logging": {"progress": False}}
 
 

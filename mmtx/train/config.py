@@ -19,6 +19,7 @@ import yaml
 
 from ..io import read_utf8, write_text
 from ..keys import unknown_key
+from .strategy import STRATEGIES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -85,6 +86,8 @@ class TrainConfig:
     #                             on a busy shared machine, where thread sync dominates)
     channels_last: bool = False  # NHWC model and 4-D batch tensors: convolutions run ~2x
     #                              faster on CPU (oneDNN) and on GPU tensor cores
+    strategy: str = "ddp"  # ddp | fsdp: FSDP2 shards weights, gradients and optimizer state
+    #                        over the GPUs (mmtx/train/strategy.py)
 
 
 @dataclass
@@ -284,6 +287,9 @@ def apply_overrides(config: Config, overrides: list[str] | None) -> Config:
 def validate(config: Config) -> None:
     """Range checks that types alone do not catch."""
     t, o, d = config.train, config.optim, config.data
+    if t.strategy not in STRATEGIES:
+        raise ValueError(f"train.strategy: expected one of {', '.join(STRATEGIES)}, got "
+                         f"{t.strategy!r}")
     if t.precision not in PRECISIONS:
         raise ValueError(f"train.precision: expected one of {PRECISIONS}, got {t.precision!r}")
     if o.schedule not in SCHEDULES:

@@ -8,6 +8,7 @@ A run resumed from a checkpoint therefore reproduces an uninterrupted run on CPU
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import shutil
@@ -38,6 +39,7 @@ from .signals import (  # noqa: F401  STOP_SIGNALS, stop_now: their old import p
     on_stop_signals,
     stop_now,
 )
+from .strategy import accelerator_kwargs, check_strategy, fsdp_env_restored
 from .tasks import create_task
 
 
@@ -79,6 +81,7 @@ class Trainer:
             cpu=on_cpu, log_with=["wandb"] if use_wandb else None, project_dir=str(self.run_dir),
             step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves
             dynamo_backend="inductor" if t.compile else "no",
+            **accelerator_kwargs(t.strategy),
         )
         self.main = self.accelerator.is_main_process
         set_seed(t.seed)  # same initial weights on every process
@@ -93,6 +96,9 @@ class Trainer:
             self.task.model_kwargs(self.datasets["train"])  # lets the task read class names
             self.model_spec = None  # a model object: not rebuildable by name
         self.params = sum(p.numel() for p in model.parameters())
+        check_strategy(t.strategy, self.accelerator, model, t.ema)
+        # FSDP: an unsharded copy to gather the trained weights into at the end
+        self._unsharded = copy.deepcopy(model) if t.strategy == "fsdp" else None
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
 
@@ -180,7 +186,11 @@ class Trainer:
 
     def _save(self, state: dict) -> Path:
         # Never let a checkpoint hold non-finite weights: it would become "the last good one".
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        # Each process checks what it holds (its shards under FSDP), and all hear of any.
+        bad = not all(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()
+                      for p in self.model.parameters())
+        if self.accelerator.reduce(torch.tensor(float(bad), device=self.accelerator.device),
+                                   "sum") > 0:
             self._stop_nonfinite("weights", state["step"], self.log, None)
         state["metrics_lines"] = self.log.lines  # a resume from here drops the rows after it
         return ckpt.save_checkpoint(self.accelerator, self.run_dir, state["step"], state,
@@ -389,11 +399,23 @@ class Trainer:
                 log.log_examples(f"{split}/examples", self._examples[1], step)
         return result
 
+    def _final_model(self):
+        """The trained model as one module (the EMA one when kept). Under FSDP, its weights
+        gathered (every process takes part) into an unsharded copy on the main process; the
+        other processes get None."""
+        if self._unsharded is None:
+            return self.accelerator.unwrap_model(self.eval_model())
+        state = self.accelerator.get_state_dict(self.model)
+        if not self.main:
+            return None
+        self._unsharded.load_state_dict(state)
+        return self._unsharded
+
     def _finish(self, state, log, last_metrics, t0):
         step, unit = state["step"], self.task.unit
         val = self._eval_and_log("val", step, log)
         test = self._eval_and_log("test", step, log)
-        final_model = self.accelerator.unwrap_model(self.eval_model())
+        final_model = self._final_model()
         summary = {
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "task": self.task.name,
             "seed": self.cfg.train.seed, "fraction": self.cfg.data.fraction,
@@ -447,7 +469,7 @@ def train(config, run_dir=None, resume=None, *, overrides=None, data=None, model
     if resume is not None:
         cfg.train.resume = resume
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    with torch_threads(cfg.train.threads):
+    with torch_threads(cfg.train.threads), fsdp_env_restored():
         return Trainer(cfg, run_dir, data=data, model=model).fit()
 
 
