@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_disk_faults
 import torch
 
 from mmtx.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+mount = test_disk_faults.mount  # the fixture: mount(size, readonly=False) -> a tmpfs folder
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "gen_class_quick.yaml"
@@ -200,25 +202,35 @@ def test_bad_objective_and_grid_options_name_their_key_at_construction():
             create_task("generation", **args)
 
 
-def _in_own_mounts(script: str, mnt: Path, *args) -> subprocess.CompletedProcess:
-    """`script` run by sh in a private mount namespace, where it may mount a small tmpfs."""
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare (util-linux)")
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs tmpfs {mnt}"],
-                           capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("cannot mount a tmpfs in a private mount namespace here")
-    return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(mnt), *map(str, args)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+def test_a_damaged_model_file_is_one_line_naming_it(run_dir, tmp_path):
+    run = copy_run(run_dir, tmp_path / "run")
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by a full disk or a copy
+    one_line_error(mmtx("sample", run, "--out", tmp_path / "g.png"), str(weights))
+    assert not (tmp_path / "g.png").exists()
 
 
-def test_a_read_only_output_folder_is_refused_before_sampling(run_dir, tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = _in_own_mounts(
-        'mount -t tmpfs -o ro,size=256k tmpfs "$1" || exit 99; '
-        f'{sys.executable} -m mmtx sample "$2" --n 2 --steps 1 --out "$1/grid.png"; '
-        'echo "rc=$?"; ls -A "$1"', mnt, run_dir)
-    assert proc.stdout.split() == ["rc=2"], proc.stdout  # and nothing in the folder
-    one_line_error(proc, "--out", f"{mnt}/grid.png", "Read-only file system")
+def test_a_read_only_output_folder_is_refused_before_sampling(run_dir, mount):
+    folder = mount("256k", readonly=True)
+    proc = mmtx("sample", run_dir, "--n", 2, "--steps", 1, "--out", folder / "grid.png")
+    assert proc.returncode == 2
+    one_line_error(proc, "--out", f"{folder}/grid.png", "Read-only file system")
+
+
+def test_a_full_disk_leaves_no_half_written_png(run_dir, mount):
+    folder = mount("256k")
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    proc = mmtx("sample", run_dir, "--n", 4, "--steps", 1, "--out", folder / "grid.png",
+                "--out-dir", folder / "each")
+    assert proc.returncode == 1
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("mmtx sample:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"{folder}/grid.png" in lines[0] and "No space left" in lines[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["each", "filler"]  # no PNG, no temp

@@ -58,12 +58,8 @@ def load_generator(run_dir, vae=None) -> tuple[nn.Module, Task, Config]:
     if not spec.is_file():
         raise FileNotFoundError(f"run_dir {str(run_dir)!r}: no generation.json (written when a "
                                 f"generation run finishes)")
-    try:
-        content = json.loads(spec.read_text())
-    except ValueError as e:  # JSON or UTF-8 decoding
-        raise ValueError(f"{spec}: not valid JSON ({e})") from None
-    task.restore(content, vae=vae, where=str(spec))  # checks its keys
-    task.check_model_args(json.loads((run_dir / "model.json").read_text())["args"], str(spec))
+    task.restore(read_json(spec), vae=vae, where=str(spec))  # checks its keys
+    task.check_model_args(read_json(run_dir / "model.json")["args"], str(spec))
     tok = run_dir / "tokenizer.json"
     if task.cond == "caption" and tok.is_file():
         task.tokenizer = load_tokenizer(tok)
