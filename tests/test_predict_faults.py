@@ -146,3 +146,41 @@ def test_a_real_mmtx_process_says_the_same(results):
                            str(tmp / "pipe.png")], env=_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and proc.stderr == results[0]["fifo"]["stderr"]
+
+
+@pytest.mark.parametrize("task, data, expected", [
+    ({"name": "contrastive", "args": {"max_len": 16}}, {"batch_size": 1},
+     r"^mmtx train: error: data.batch_size: the contrastive task needs at least 2 images in a "
+     r"batch .*got 1 per process x 1 process\(es\)$"),
+    ({"name": "captioning", "args": {"max_len": 8}}, {},
+     r"^mmtx train: error: task.args.max_len: expected >= 1\d, the tokens of the longest "
+     r"training caption with bos and eos \('a .*'\), got 8; shorter, captions would be cut"),
+])
+def test_a_task_that_could_not_learn_is_refused_before_training(tmp_path, task, data, expected):
+    import re
+
+    import yaml
+
+    model = "clip_tiny_patch4_32" if task["name"] == "contrastive" else \
+        "captioner_tiny_patch4_32"
+    cfg = _config(model, task, **({"text_dim": 16, "embed_dim": 16}
+                                  if task["name"] == "contrastive" else {}))
+    cfg["data"] = {**DATA, **data}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "mmtx", "train", str(tmp_path / "c.yaml"),
+                           "--run-dir", str(tmp_path / "run")], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert re.search(expected, proc.stderr.rstrip("\n")), proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before any step
+
+
+def test_the_contrastive_batch_counts_every_process():
+    from mmtx.train.tasks import create_task
+
+    task = create_task("contrastive")
+    task.check_batch(1, 2)  # one image per process, two in the gathered batch: negatives exist
+    task.check_batch(2, 1)
+    with pytest.raises(ValueError, match=r"got 1 per process x 1 process"):
+        task.check_batch(1, 1)

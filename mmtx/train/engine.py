@@ -86,8 +86,9 @@ class Trainer:
         self.main = self.accelerator.is_main_process
         set_seed(t.seed)  # same initial weights on every process
 
-        self.datasets = build_datasets(cfg.data, t.seed, data)
         self.task = create_task(cfg.task.name, **cfg.task.args)
+        self.task.check_batch(cfg.data.batch_size, self.accelerator.num_processes)
+        self.datasets = build_datasets(cfg.data, t.seed, data)
         if model is None:
             kwargs = {**self.task.model_kwargs(self.datasets["train"]), **cfg.model.args}
             model = create_model(cfg.model.name, **kwargs)

@@ -115,6 +115,10 @@ class Task:
         """Keyword arguments the model factory needs from the data (e.g. num_classes)."""
         return {}
 
+    def check_batch(self, batch_size: int, num_processes: int) -> None:
+        """Refuse (ValueError naming data.batch_size) a batch this task cannot learn from;
+        called before the data is built. batch_size is per process."""
+
     def count(self, batch: dict) -> int:
         """Items in a batch, for throughput (images, or tokens for text tasks)."""
         first = next(v for v in batch.values() if torch.is_tensor(v))

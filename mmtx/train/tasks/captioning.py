@@ -39,6 +39,21 @@ def caption_tokenizer(dataset):
     return WordTokenizer.from_texts(captions)
 
 
+def check_caption_length(tokenizer, dataset, max_len: int) -> None:
+    """Refuse a max_len shorter than a training caption (with bos and eos): captions would be
+    cut, and a model that writes the cut caption scores 100% exact. Checked when the dataset
+    lists its captions (`captions`, a subset passing its base's through)."""
+    captions = getattr(getattr(dataset, "base", dataset), "captions", None)
+    if not captions:
+        return
+    longest = max(captions, key=lambda c: len(tokenizer.encode(c)))
+    n = len(tokenizer.encode(longest))
+    if n > max_len:
+        raise ValueError(f"task.args.max_len: expected >= {n}, the tokens of the longest "
+                         f"training caption with bos and eos ({longest!r}), got {max_len}; "
+                         f"shorter, captions would be cut and scored as if whole")
+
+
 def pad_to(ids: torch.Tensor, length: int, pad_id: int = 0) -> torch.Tensor:
     """(B, T) -> (B, length): cut or right-pad, so batches gather and concatenate."""
     return F.pad(ids[:, :length], (0, max(0, length - ids.shape[1])), value=pad_id)
@@ -64,6 +79,7 @@ class CaptioningTask(Task):
 
     def model_kwargs(self, dataset) -> dict:
         self.tokenizer = caption_tokenizer(dataset)
+        check_caption_length(self.tokenizer, dataset, self.max_len)
         return {"vocab_size": self.tokenizer.vocab_size, "max_len": self.max_len,
                 **image_kwargs(dataset)}
 

@@ -56,6 +56,15 @@ class ContrastiveTask(Task):
         return {"vocab_size": self.tokenizer.vocab_size, "max_len": self.max_len,
                 **image_kwargs(dataset)}
 
+    def check_batch(self, batch_size: int, num_processes: int) -> None:
+        # Each image's negatives are the other captions of the batch, gathered from every
+        # process: with one image in all, the loss is 0 (a softmax over one logit).
+        if batch_size * num_processes < 2:
+            raise ValueError(f"data.batch_size: the contrastive task needs at least 2 images "
+                             f"in a batch (the other captions are each image's negatives; with "
+                             f"1 the loss is 0 and nothing is learned), got {batch_size} per "
+                             f"process x {num_processes} process(es)")
+
     def _kinds(self) -> tuple[str, ...]:
         kinds = self.hard_negatives
         return (kinds,) if isinstance(kinds, str) else tuple(kinds or ())
