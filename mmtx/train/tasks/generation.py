@@ -21,6 +21,11 @@ Evaluation (`eval_generated`, on the model the engine passes: the EMA one when k
 Conditions: cond "class" reads the batch's `label` (y); "caption" tokenises the batch's
 `caption` (CaptionCollate; by default with the fixed shapes vocabulary) into caption_ids /
 caption_mask; "none" trains an unconditional model.
+
+The task keeps the loss and the conditions; the rest lives where the next generator or command
+finds it: guided sampling in mmtx.diffusion.sampling (`generate`), the judged-sample suite and
+generation.json in mmtx.eval.samples, grids and the cond_acc plot in mmtx.viz, and the reading
+of a person's class names and prompts in mmtx.sample.
 """
 
 from __future__ import annotations
