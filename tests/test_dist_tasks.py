@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from dist_tasks import CASES, STRATEGY
+from dist_tasks import CASES, STRATEGY, config
 from safetensors.torch import load_file
 from test_train_support import run_in_subprocess_env
+
+from mmtx.train import train
 
 pytestmark = [pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -51,7 +53,8 @@ def _torchrun(*args) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{"one" | "two" | "machines": out dir}: the three layouts, trained at once."""
+    """{"one" | "two" | "machines": out dir}: the three layouts, trained at once (the one-process
+    reference here, while the launched processes start)."""
     out = tmp_path_factory.mktemp("dist")
     env = run_in_subprocess_env(ROOT)
     port = free_port()
@@ -59,12 +62,13 @@ def runs(tmp_path_factory):
         _torchrun("--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
                   "--master-addr", "127.0.0.1", "--master-port", str(port), SCRIPT,
                   str(out / "machines"), *MACHINES_CASES) for rank in (0, 1)]
-    commands = [[sys.executable, SCRIPT, "--processes", "1", str(out / "one"), *TASKS],
-                _torchrun("--standalone", "--nproc-per-node", "2", SCRIPT, str(out / "two"),
+    commands = [_torchrun("--standalone", "--nproc-per-node", "2", SCRIPT, str(out / "two"),
                           *TASKS), *machines]
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for c in commands]
     try:
+        for case in TASKS:
+            train(config(case, 1), run_dir=out / "one" / case)
         logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
     finally:
         for p in procs:
