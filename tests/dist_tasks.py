@@ -35,6 +35,9 @@ GEN = {"model": {"name": "dit_micro_4", "args": {"patch_size": 4, "dim": 32, "de
        "task_args": {"judge": False, "grid": 4, "sample_steps": 2, "cfg_scale": 2.0,
                      "cond_drop": 0.3, "prediction": "x0"}}
 
+# a judge that trains in about a second: its metrics are computed, not meaningful
+TINY_JUDGE = {"train_samples": 256, "test_samples": 128, "epochs": 1, "batch_size": 64}
+
 # name: (model, data, task); every case trains the same steps (below)
 CASES = {
     "classification": (
@@ -66,7 +69,8 @@ CASES = {
                                          "zero_shot_images": 16}}),
     "generation_class_ema": (
         GEN["model"], {"name": "shapes", "args": {"task": "shape_colour", **SHAPES}},
-        {"name": "generation", "args": {"cond": "class", **GEN["task_args"]}}),
+        {"name": "generation", "args": {"cond": "class", **GEN["task_args"], "eval_samples": 16,
+                                        "judge": TINY_JUDGE}}),
     "generation_caption_ema": (
         {**GEN["model"], "args": {**GEN["model"]["args"], "text_dim": 16, "text_depth": 1,
                                   "text_heads": 2}},
