@@ -172,6 +172,7 @@ def test_ddpm_objective_trains_and_samples_with_ddim(tmp_path):
     task = create_task("generation", objective="ddpm", objective_args={"num_steps": 50},
                        sampler="ddim", sample_steps=3, grid=4, eval_samples=4, judge=False)
     ds = ShapesDataset(8, image_size=16, task="shape_colour")
+    task.setup(ds)
     torch.manual_seed(0)
     model = create_model("dit_micro_4", dim=32, depth=1, num_heads=2,
                          **task.model_kwargs(ds))

@@ -71,12 +71,39 @@ def test_tasks_read_a_users_dataset_through_the_protocols():
     ds = UserImages()
     assert isinstance(ds, ClassDataset) and not isinstance(ds, NamedClassDataset)
     task = create_task("classification")
+    task.setup(ds)
     assert task.model_kwargs(ds) == {"in_chans": 1, "img_size": 8, "num_classes": 3}
     assert task.class_names is None
     gen = create_task("generation", judge=False)
     kw = gen.model_kwargs(ds)
     assert (kw["in_chans"], kw["img_size"], kw["num_classes"]) == (1, 8, 3)
+    gen.setup(ds)
     assert gen.class_names == ["0", "1", "2"]
     # A caption vocabulary from the dataset, not from naming the shapes data.
     tok = caption_tokenizer(ds)
     assert tok.decode(tok.encode("a c b")) == "a c b"
+
+
+def _state(obj, depth: int = 2):
+    """The attributes of `obj` (and of its attributes' attributes), to compare before/after."""
+    if depth == 0 or not hasattr(obj, "__dict__") or isinstance(obj, (torch.Tensor, type)):
+        return obj
+    return {k: _state(v, depth - 1) for k, v in vars(obj).items()}
+
+
+@pytest.mark.parametrize("task_name, args, data", [
+    ("classification", {}, dict(task="shape_colour")),
+    ("generation", dict(judge=False), dict(task="shape_colour")),
+    ("generation", dict(judge=False, cond="caption"), dict(task="caption")),
+    ("captioning", {}, dict(task="caption")),
+    ("contrastive", {}, dict(task="caption")),
+])
+def test_model_kwargs_changes_nothing_setup_reads_the_data(task_name, args, data):
+    ds = ShapesDataset(4, image_size=16, **data)
+    task = create_task(task_name, **args)
+    before = _state(task)
+    kwargs = task.model_kwargs(ds)
+    assert _state(task) == before  # pure
+    task.setup(ds)
+    assert _state(task) != before  # what the task keeps of the data
+    assert task.model_kwargs(ds) == kwargs  # the same kwargs before and after setup

@@ -116,6 +116,7 @@ def test_contrastive_step_encodes_captions_and_foils_in_one_pass_as_if_apart():
     kinds = ["swap_attributes", "reverse_relation"]
     ds = ShapesDataset(num_samples=12, task="caption", image_size=16, return_foils=kinds)
     task = create_task("contrastive", max_len=16, hard_negatives=kinds)
+    task.setup(ds)
     model = create_model("clip_tiny_patch4_32", **task.model_kwargs(ds), dim=16, depth=1,
                          num_heads=2, text_dim=16, text_depth=1, embed_dim=16)
     batch = CaptionCollate(task.tokenizer, 16, foils=kinds)([ds[i] for i in range(len(ds))])

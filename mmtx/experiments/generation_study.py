@@ -127,6 +127,7 @@ def _built(spec: GenStudySpec, model: dict, measurement: str):
     args = {k: v for k, v in (data.get("args") or {}).items() if k not in ("num_samples", "cache")}
     ds = build_dataset(data.get("name", "shapes"), "train", num_samples=2, **args)
     task = create_task("generation", **(cfg.get("task", {}).get("args") or {}))
+    task.setup(ds)
     kwargs = {**task.model_kwargs(ds), **cfg["model"]["args"]}
     return create_model(model["name"], **kwargs), task
 

@@ -89,12 +89,12 @@ class Trainer:
         self.task = create_task(cfg.task.name, **cfg.task.args)
         self.task.check_batch(cfg.data.batch_size, self.accelerator.num_processes)
         self.datasets = build_datasets(cfg.data, t.seed, data)
+        self.task.setup(self.datasets["train"])  # class names, tokenizer, image shape
         if model is None:
             kwargs = {**self.task.model_kwargs(self.datasets["train"]), **cfg.model.args}
             model = create_model(cfg.model.name, **kwargs)
             self.model_spec = {"name": cfg.model.name, "args": kwargs}  # for load_run
         else:
-            self.task.model_kwargs(self.datasets["train"])  # lets the task read class names
             self.model_spec = None  # a model object: not rebuildable by name
         self.params = sum(p.numel() for p in model.parameters())
         check_strategy(t.strategy, self.accelerator, model, t.ema)

@@ -111,8 +111,13 @@ class Task:
     main_metric = "loss"  # the validation metric a report ranks runs by
     higher_is_better = False
 
+    def setup(self, dataset) -> None:
+        """Read what the task keeps of the training data (class names, tokenizer, image shape).
+        The engine calls it once, before `model_kwargs` and before training or evaluating."""
+
     def model_kwargs(self, dataset) -> dict:
-        """Keyword arguments the model factory needs from the data (e.g. num_classes)."""
+        """Keyword arguments the model factory needs from the data (e.g. num_classes). Pure: it
+        reads the dataset (and what `setup` read) and changes nothing."""
         return {}
 
     def check_batch(self, batch_size: int, num_processes: int) -> None:

@@ -77,10 +77,12 @@ class CaptioningTask(Task):
         self.tokenizer = None
         self._shown: list[tuple[torch.Tensor, str]] = []
 
-    def model_kwargs(self, dataset) -> dict:
+    def setup(self, dataset) -> None:
         self.tokenizer = caption_tokenizer(dataset)
         check_caption_length(self.tokenizer, dataset, self.max_len)
-        return {"vocab_size": self.tokenizer.vocab_size, "max_len": self.max_len,
+
+    def model_kwargs(self, dataset) -> dict:
+        return {"vocab_size": caption_tokenizer(dataset).vocab_size, "max_len": self.max_len,
                 **image_kwargs(dataset)}
 
     def collate_fn(self, dataset):

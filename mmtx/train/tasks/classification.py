@@ -32,11 +32,13 @@ class ClassificationTask(Task):
         self.rollout_images = int(rollout_images)
         self.class_names: list[str] | None = None
 
+    def setup(self, dataset) -> None:
+        self.class_names = class_names(dataset)
+
     def model_kwargs(self, dataset) -> dict:
         kwargs = image_kwargs(dataset)
         if isinstance(dataset, ClassDataset) and dataset.num_classes is not None:
             kwargs["num_classes"] = dataset.num_classes
-        self.class_names = class_names(dataset)
         return kwargs
 
     def collate_fn(self, dataset):

@@ -46,14 +46,16 @@ class ContrastiveTask(Task):
         self.hard_negatives = hard_negatives  # foil kinds (NegCLIP), or None
         self.tokenizer, self.image_size, self._zero_shot = None, None, None
 
-    def model_kwargs(self, dataset) -> dict:
+    def setup(self, dataset) -> None:
         self.tokenizer = caption_tokenizer(dataset)
         base = getattr(dataset, "base", dataset)
         if self.hard_negatives and not getattr(base, "return_foils", None):
             raise ValueError("task.args.hard_negatives needs foil captions in the data: set "
                              f"data.args.return_foils (e.g. {list(self._kinds())}), got none")
         self.image_size = dataset.image_size if isinstance(dataset, ImageDataset) else None
-        return {"vocab_size": self.tokenizer.vocab_size, "max_len": self.max_len,
+
+    def model_kwargs(self, dataset) -> dict:
+        return {"vocab_size": caption_tokenizer(dataset).vocab_size, "max_len": self.max_len,
                 **image_kwargs(dataset)}
 
     def check_batch(self, batch_size: int, num_processes: int) -> None:

@@ -175,10 +175,10 @@ class GenerationTask(Task):
                            **self.sampler_args(self.sampler))
         except ValueError as e:
             raise ValueError(f"task.args.sampler / sample_shift: {e}") from None
-        # Filled by model_kwargs from the training data:
+        # Filled by setup from the training data:
         self.num_classes, self.class_names, self.image_shape = 0, None, None
         self.vae, self.latents = vae, None  # the autoencoder's folder; loaded by _use_vae
-        self.suite = SampleSuite(None, judge, image_key, self.seed)  # shapes: model_kwargs
+        self.suite = SampleSuite(None, judge, image_key, self.seed)  # shapes: setup
         self._cache, self._eval_batches = None, 0
         if not judge:
             self.main_metric = "loss"
@@ -200,22 +200,30 @@ class GenerationTask(Task):
         x0 = batch[self.image_key]
         return x0 if self.latents is None else self.latents.encode(x0, sample=sample)
 
-    def model_kwargs(self, dataset) -> dict:
-        first = dataset[0][self.image_key]
-        self.image_shape = tuple(first.shape)  # (C, H, W)
+    def _num_classes(self, dataset) -> int:
+        if self.cond != "class":
+            return 0
+        if not isinstance(dataset, ClassDataset) or not dataset.num_classes:
+            raise ValueError(f"task.args.cond 'class' needs a dataset with num_classes, "
+                             f"got {type(dataset).__name__}")
+        return int(dataset.num_classes)
+
+    def setup(self, dataset) -> None:
+        self.image_shape = tuple(dataset[0][self.image_key].shape)  # (C, H, W)
         self.suite.shapes = shapes_base(dataset)
         self._use_vae()
-        c, h, _ = self.model_shape
-        kwargs = {"in_chans": c, "img_size": h, "cond_drop": 0.0}  # the step drops conditions
+        self.num_classes = self._num_classes(dataset)
         if self.cond == "class":
-            if not isinstance(dataset, ClassDataset) or not dataset.num_classes:
-                raise ValueError(f"task.args.cond 'class' needs a dataset with num_classes, "
-                                 f"got {type(dataset).__name__}")
-            self.num_classes = int(dataset.num_classes)
             self.class_names = class_names(dataset) or [str(i) for i in range(self.num_classes)]
-            kwargs["num_classes"] = self.num_classes
-        else:
-            kwargs["num_classes"] = 0
+
+    def model_kwargs(self, dataset) -> dict:
+        shape = tuple(dataset[0][self.image_key].shape)  # (C, H, W)
+        if self.vae is not None and self.latents is None:
+            raise ValueError("the generation task's model_kwargs with task.args.vae needs "
+                             "setup(dataset) first (it loads the autoencoder)")
+        c, h, _ = shape if self.latents is None else self.latents.shape(shape)
+        kwargs = {"in_chans": c, "img_size": h, "cond_drop": 0.0,  # the step draws the drops
+                  "num_classes": self._num_classes(dataset)}
         if self.cond == "caption":
             kwargs.update(vocab_size=self.tokenizer.vocab_size,
                           max_caption_len=self.max_caption_len, pad_id=self.tokenizer.pad_id)
@@ -419,7 +427,7 @@ class GenerationTask(Task):
                                self.shapes_data, self.vae)
 
     def restore(self, spec: dict, vae=None, where: str = "generation.json") -> None:
-        """The state model_kwargs read from the training data, from `spec()`'s dict (checked:
+        """The state setup read from the training data, from `spec()`'s dict (checked:
         a missing or malformed key is a ValueError naming `where` and the key); `vae` replaces
         the autoencoder folder the run trained with (moved, or another copy), else the
         spec's, else the task's own."""

@@ -39,8 +39,10 @@ class CausalLMTask(Task):
         self.sample_tokens, self.temperature, self.top_k = sample_tokens, temperature, top_k
         self.tokenizer, self._prompt = None, None
 
-    def model_kwargs(self, dataset):
+    def setup(self, dataset) -> None:
         self.tokenizer = getattr(dataset, "tokenizer", None)
+
+    def model_kwargs(self, dataset):
         return _lm_kwargs(dataset)
 
     def count(self, batch):
@@ -94,8 +96,10 @@ class MaskedLMTask(Task):
         self.mask_prob, self.mask_id = mask_prob, mask_id
         self.tokenizer, self.vocab_size = None, None
 
-    def model_kwargs(self, dataset):
+    def setup(self, dataset) -> None:
         self.tokenizer, self.vocab_size = getattr(dataset, "tokenizer", None), dataset.vocab_size
+
+    def model_kwargs(self, dataset):
         # No pooler: masked LM never reads it, and DDP refuses parameters without gradients.
         return {**_lm_kwargs(dataset), "pooler": False}
 
@@ -161,8 +165,10 @@ class Seq2SeqTask(Task):
     main_metric = "exact"
     higher_is_better = True
 
-    def model_kwargs(self, dataset):
+    def setup(self, dataset) -> None:
         self.dataset = dataset
+
+    def model_kwargs(self, dataset):
         return {"vocab_size": dataset.vocab_size, "max_len": dataset.max_len + 2}
 
     def count(self, batch):
@@ -214,8 +220,10 @@ class TextClassificationTask(ClassificationTask):
         kwargs = {"num_classes": dataset.num_classes, "vocab_size": dataset.vocab_size}
         if getattr(dataset, "max_len", None):
             kwargs["max_len"] = dataset.max_len
-        self.class_names = None
         return kwargs
+
+    def setup(self, dataset) -> None:
+        self.class_names = None
 
     def examples(self, batch, outputs, max_items=16):
         return []
