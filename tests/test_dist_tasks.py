@@ -1,7 +1,8 @@
 """Every task on several processes (torchrun, gloo, CPU, real processes): two processes with
 batches of B / 2, and two "machines" (two torchrun launches of one process each, joined by a
 local rendezvous), end as one process with batches of B: the same loss curve, final weights
-and evaluation metrics, each evaluation item counted once.
+and evaluation metrics, each evaluation item counted once; metrics are written once and a
+checkpoint holds every process's RNG state.
 
 The runs are tests/dist_tasks.py's (dropout off, every other draw per item). Tolerances: the
 processes see the same items and draw the same per-item randomness, so only the float
@@ -27,7 +28,7 @@ from dist_tasks import CASES, STRATEGY, config
 from safetensors.torch import load_file
 from test_train_support import run_in_subprocess_env
 
-from mmtx.train import train
+from mmtx.train import list_checkpoints, train
 
 pytestmark = [pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -127,3 +128,13 @@ def test_judged_samples_are_compared(runs):
     # Frechet distance summed every process's statistics until told not to (fd_shapes 0.4% off)
     summary = json.loads((runs["two"] / "generation_class_ema" / "summary.json").read_text())
     assert {"val/fd_shapes", "val/fd_shapes_floor", "val/cond_acc_shape"} <= set(summary)
+
+
+def test_metrics_written_once_and_checkpoint_holds_every_rng(runs):
+    run = runs["two"] / "classification"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "val/loss" in r] == [3, 6]
+    (_, newest), = list_checkpoints(run)[-1:]
+    assert {p.name for p in newest.glob("random_states_*.pkl")} == {
+        "random_states_0.pkl", "random_states_1.pkl"}

@@ -1,4 +1,7 @@
-"""The training loop, on Hugging Face Accelerate: one CPU, one GPU, or many (DDP) unchanged.
+"""The training loop, on Hugging Face Accelerate: one CPU, one GPU, or many (DDP, or FSDP2 with
+train.strategy fsdp: strategy.py) unchanged. N processes with batches of B / N train as one
+with B: the tasks draw per item (data.py's item seeds) and average tokens over all processes
+(tasks/base.py); dropout alone draws per process.
 
 Determinism: model init is seeded; the data order and each item's augmentation are functions of
 (seed, epoch, index) (see data.py); and every optimizer step reseeds the global RNGs from
