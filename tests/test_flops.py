@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmtx.models.summary import AttentionFlopCounter, model_summary
+from mmtx.models.summary import AttentionFlopCounter, forward_flops, model_summary
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -86,3 +86,16 @@ def test_an_attention_kernel_the_counter_cannot_read_is_an_error():
     with pytest.raises(ValueError, match="no FLOP formula for the attention kernel "
                                          "mmtx_test.odd_attention"):
         model_summary(model, (3, 4))
+
+
+def test_forward_flops_of_a_generator_counts_its_attention(small_model):
+    # A generator's forward takes (x, t, y): forward_flops counts it with its attention,
+    # which torch's counter alone misses on CPU (the FLOP-matched generation study).
+    s = small_model("dit_micro_2")
+    model = s.model.train()
+    total = forward_flops(model, *s.inputs)
+    assert model.training  # mode restored
+    plain = _plain(model.eval(), *s.inputs)
+    B, (gh, gw) = s.inputs[0].shape[0], model.patch_embed.grid_size
+    attention = 4 * B * (gh * gw) ** 2 * model.dim  # one block: QK^T and AV over all heads
+    assert total - plain == attention

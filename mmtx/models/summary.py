@@ -111,6 +111,19 @@ def count_model_params(name: str, **overrides) -> int:
 
 
 @torch.no_grad()
+def forward_flops(model: nn.Module, *args, **kwargs) -> int:
+    """FLOPs of one forward `model(*args, **kwargs)` in eval mode, every attention kernel
+    counted (`AttentionFlopCounter`); the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with AttentionFlopCounter() as counter:
+            model(*args, **kwargs)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops()
+
+
 def model_summary(model: nn.Module, input_shape=None, *, example_input=None) -> dict:
     """{"params": int, "trainable_params": int, "flops": forward FLOPs per sample}.
 
@@ -123,11 +136,5 @@ def model_summary(model: nn.Module, input_shape=None, *, example_input=None) -> 
     if example_input is None:
         p = next(model.parameters(), None)
         example_input = torch.randn(1, *input_shape, device=None if p is None else p.device)
-    was_training = model.training
-    model.eval()
-    counter = AttentionFlopCounter()
-    with counter:
-        model(example_input)
-    model.train(was_training)
-    info["flops"] = counter.get_total_flops() // example_input.shape[0]
+    info["flops"] = forward_flops(model, example_input) // example_input.shape[0]
     return info
