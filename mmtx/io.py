@@ -132,6 +132,12 @@ def exclusive(directory: str | Path, what: str = "run_dir"):
         yield
         return
     directory = Path(directory)
+    for place in (directory, *directory.parents):  # the nearest that exists must be a folder
+        if place.exists():
+            if not place.is_dir():
+                raise ValueError(f"{what} {str(directory)!r}: {str(place)!r} is a file, not a "
+                                 "directory")
+            break
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / LOCK_FILE, "a+") as f:
         try:

@@ -13,6 +13,7 @@ from procs import alive, descendants
 
 from mmtx.data import build_dataset
 from mmtx.experiments import grid, list_kinds, load_experiment, run_experiment
+from mmtx.experiments.runs import train_and_measure
 
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
 QUICK = EXPERIMENTS / "cnn_vs_vit_quick.yaml"
@@ -170,7 +171,7 @@ def test_bad_experiment_files(tmp_path):
         load_experiment(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ngrid: {modle: [vit]}\n")
-    with pytest.raises(ValueError, match="unknown grid keys \\['modle'\\]"):
+    with pytest.raises(ValueError, match="unknown grid key 'modle'; did you mean model\\?"):
         load_experiment(bad)
     bad.write_text("name: x\ngrid: {model: [vit], fraction: 1.5}\n")
     with pytest.raises(ValueError, match="fraction must be in"):
@@ -205,7 +206,7 @@ def test_unfinished_run_of_another_model_is_not_resumed(tmp_path):
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("model: {name: resnet18_small, args: {}}\n")
     with pytest.raises(ValueError, match="another model config"):
-        grid.execute(exp, run, tmp_path, 0)
+        train_and_measure(run_dir, grid.run_config(exp, run), grid.measure, (run, tmp_path, 0))
 
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)

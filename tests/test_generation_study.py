@@ -80,7 +80,8 @@ def test_second_run_reads_every_run_back(finished, monkeypatch):
 @pytest.mark.parametrize("override, match", [
     ("models=[]", "'models' must list"),
     ("models=[{label: a, name: unet_small}]", "each model needs label, role and name"),
-    ("models=[{label: a, role: cnn, name: unet_small, lr: 1}]", r"unknown keys \['lr'\]"),
+    ("models=[{label: a, role: cnn, name: unet_small, lr: 1}]",
+     r"unknown key 'lr' for model 'a'; valid: label, role, name, args"),
     ("models=[{label: a, role: vit, name: unet_small}]", "role must be one of cnn, dit, hybrid"),
     ("measurements.colour={}", "measurements must name some of class, consistency, text"),
     ("measurements.consistency.data.args.task=relation",

@@ -22,7 +22,6 @@ Every number is read on held-out test scenes or fresh samples; nothing is tuned 
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -30,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from . import cache
-from .pool import Job, is_main_process, run_jobs
+from .pool import is_main_process
 from .registry import register_kind
 from .report import human, markdown_table, read_curve, write_report
+from .runs import Run, Spec, merge, train_runs
 
 MEASUREMENTS = ("class", "consistency", "text")
 ROLES = ("cnn", "dit", "hybrid")
@@ -51,28 +50,19 @@ class GenStudyEval:
 
 
 @dataclass
-class GenStudySpec:
+class GenStudySpec(Spec):
     kind: str = "generation_study"
-    name: str = ""
-    description: str = ""
-    base: dict = field(default_factory=dict)  # the training config every run shares
     models: list[dict] = field(default_factory=list)  # {label, role, name, args}
     # per measurement: {data: {...}, task: {...}, model_args: {...}} merged over `base`
     measurements: dict = field(default_factory=dict)
     holdout: list[str] = field(default_factory=lambda: ["red star", "blue triangle"])
     flop_tolerance: float = 0.2  # largest / smallest forward FLOPs per image, minus 1
-    jobs: int = 1
     eval: GenStudyEval = field(default_factory=GenStudyEval)
     target: float = 0.90  # the DiT's cond_acc for shape and for colour
 
-
-def _merge(a: dict, b: dict) -> dict:
-    """`b` over `a`, mappings merged key by key (a copy)."""
-    out = copy.deepcopy(a)
-    for k, v in (b or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
-            else copy.deepcopy(v)
-    return out
+    def check(self) -> None:
+        super().check()
+        _check(self)
 
 
 def _run_id(measurement: str, label: str) -> str:
@@ -82,17 +72,12 @@ def _run_id(measurement: str, label: str) -> str:
 def run_config(spec: GenStudySpec, model: dict, measurement: str) -> dict:
     """The engine config of one model on one measurement."""
     meas = spec.measurements[measurement]
-    cfg = _merge(spec.base, {k: v for k, v in meas.items() if k != "model_args"})
-    cfg["model"] = {"name": model["name"],
-                    "args": {**(model.get("args") or {}), **(meas.get("model_args") or {})}}
+    patch = {k: v for k, v in meas.items() if k != "model_args"}
     if measurement == "text":  # the held-out combinations never reach the training scenes
-        data_args = cfg.setdefault("data", {}).setdefault("args", {})
-        data_args["exclude"] = list(spec.holdout)
-    logging = cfg.setdefault("logging", {})
-    logging.update(group=spec.name, name=f"{spec.name}/{_run_id(measurement, model['label'])}")
-    if spec.jobs > 1:  # runs side by side: the experiment's progress lines, no per-run bars
-        logging["progress"] = False
-    return cfg
+        patch = merge(patch, {"data": {"args": {"exclude": list(spec.holdout)}}})
+    args = {**(model.get("args") or {}), **(meas.get("model_args") or {})}
+    return spec.config({"name": model["name"], "args": args},
+                       _run_id(measurement, model["label"]), **patch)
 
 
 # ------------------------------------------------------------------------------ FLOPs
@@ -145,16 +130,17 @@ def check_flops(spec: GenStudySpec, measurement: str) -> dict[str, int]:
     return flops
 
 
-def _check(spec: GenStudySpec) -> dict[str, dict[str, int]]:
+def _check(spec: GenStudySpec) -> None:
+    """The file's checks that build nothing (the FLOP match builds the models: `check_flops`)."""
+    if not spec.flop_tolerance >= 0:  # nan too
+        raise ValueError(f"{spec.name}: flop_tolerance must be >= 0 (the largest model's forward "
+                         f"FLOPs over the smallest's, minus 1), got {spec.flop_tolerance!r}")
     if not spec.models:
         raise ValueError(f"{spec.name}: 'models' must list the cnn, dit and hybrid models")
     for m in spec.models:
         if not isinstance(m, dict) or not {"label", "role", "name"} <= set(m):
             raise ValueError(f"{spec.name}: each model needs label, role and name, got {m!r}")
-        bad = sorted(set(m) - {"label", "role", "name", "args"})
-        if bad:
-            raise ValueError(f"{spec.name}: model {m['label']!r}: unknown keys {bad}; valid: "
-                             f"label, role, name, args")
+        spec.check_keys(m, ("label", "role", "name", "args"), of=f"model {m['label']!r}")
         if m["role"] not in ROLES:
             raise ValueError(f"{spec.name}: model {m['label']!r}: role must be one of "
                              f"{', '.join(ROLES)}, got {m['role']!r}")
@@ -186,36 +172,25 @@ def _check(spec: GenStudySpec) -> dict[str, dict[str, int]]:
             load_config(run_config(spec, spec.models[0], name))
         except ValueError as e:
             raise ValueError(f"{spec.name}: measurements.{name}: {e}") from None
-    try:
-        return {name: check_flops(spec, name) for name in spec.measurements}
-    except (TypeError, KeyError) as e:
-        raise ValueError(f"{spec.name}: building the models: {e}") from None
 
 
 # ------------------------------------------------------------------------------ one run
-def train_generator(spec: GenStudySpec, model: dict, measurement: str, out: Path) -> dict:
-    """Train one model on one measurement (or read it back), then measure it."""
-    from ..train import train
+def measure(res: dict, run_dir: Path, spec: GenStudySpec, model: dict, measurement: str,
+            out: Path) -> dict:
+    """One trained model on one measurement: the study's own samples, judged."""
     from ..train.run import load_generator
 
-    run_dir = out / "runs" / _run_id(measurement, model["label"])
-    done = cache.finished(run_dir)
-    if done is not None:
-        return done
-    res = train(run_config(spec, model, measurement), run_dir, resume="auto")
-    net, task, cfg = load_generator(run_dir)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    net, task, _ = load_generator(run_dir)
     result = {"model": model["label"], "role": model["role"], "model_name": model["name"],
               "measurement": measurement, "params": res["params"],
               "flops": flops_per_image(net, task), "steps": res["steps"],
               "train_images_per_s": res.get("train_images_per_s"), "train_s": res["train_s"],
               "wall_s": res["wall_s"], "run_dir": str(run_dir)}
     grids = out / "grids"
-    measure = {"class": _measure_class, "consistency": _measure_consistency,
-               "text": _measure_text}[measurement]
-    result.update(measure(spec, model, net, task, run_dir, grids))
-    return cache.store(run_dir, result) if is_main_process() else result
+    measure_of = {"class": _measure_class, "consistency": _measure_consistency,
+                  "text": _measure_text}[measurement]
+    result.update(measure_of(spec, model, net, task, run_dir, grids))
+    return result
 
 
 def _judge(task):
@@ -522,15 +497,13 @@ def write_study_report(spec: GenStudySpec, results: list[dict], flops: dict,
 
 @register_kind("generation_study", GenStudySpec)
 def run_generation_study(spec: GenStudySpec, out: Path) -> dict:
-    flops = _check(spec)
-    jobs = []
-    for meas in MEASUREMENTS:
-        if meas not in spec.measurements:
-            continue
-        for m in spec.models:
-            run_dir = out / "runs" / _run_id(meas, m["label"])
-            jobs.append(Job(f"{meas} {m['label']}", train_generator, (spec, m, meas, out),
-                            log=run_dir / "train.log", done=cache.finished(run_dir) is not None))
+    try:  # before anything trains
+        flops = {name: check_flops(spec, name) for name in spec.measurements}
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"{spec.name}: building the models: {e}") from None
+    runs = [Run(f"{meas} {m['label']}", _run_id(meas, m["label"]), run_config(spec, m, meas),
+                measure, (spec, m, meas, out))
+            for meas in MEASUREMENTS if meas in spec.measurements for m in spec.models]
 
     def describe(r):
         if r["measurement"] == "class":
@@ -542,7 +515,7 @@ def run_generation_study(spec: GenStudySpec, out: Path) -> dict:
         return (f"prompt seen {_pct(r['seen']['prompt'])}%, unseen "
                 f"{_pct(r['unseen']['prompt'])}%")
 
-    results = run_jobs(jobs, spec.jobs, describe=describe)
+    results = train_runs(spec, out, runs, describe=describe)
     if is_main_process():
         write_study_report(spec, results, flops, out)
     return {"experiment": spec.name, "out_dir": str(out), "runs": results}

@@ -7,7 +7,6 @@ lists), `jobs` (runs trained at once) and `report` options. The main job, CNN vs
 
 from __future__ import annotations
 
-import copy
 import itertools
 import statistics
 import time
@@ -15,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from . import cache
-from .pool import Job, is_main_process, run_jobs
+from ..keys import check_keys
+from .pool import is_main_process
 from .registry import register_kind
 from .report import check_targets, human, mean_std, read_curve, write_report
-from .spec import load_spec, set_key
+from .runs import Run, Spec, train_runs
+from .spec import load_spec
 
 _GRID_KEYS = ("model", "dataset", "seed", "fraction")
 
@@ -34,13 +33,9 @@ class GridReport:
 
 
 @dataclass
-class GridSpec:
+class GridSpec(Spec):
     kind: str = "grid"
-    name: str = ""
-    description: str = ""
-    base: dict = field(default_factory=dict)  # a training config, as for `mmtx train`
     grid: list | dict = field(default_factory=list)
-    jobs: int = 1  # runs trained at once, each in its own process
     report: GridReport = field(default_factory=GridReport)
 
 
@@ -63,12 +58,16 @@ class RunSpec:
 
 @dataclass
 class Experiment:
-    name: str
-    base: dict
+    """A grid file expanded into its runs."""
+
+    spec: GridSpec
     runs: list[RunSpec]
-    description: str = ""
-    report: GridReport = field(default_factory=GridReport)
-    jobs: int = 1
+
+    name = property(lambda self: self.spec.name)
+    base = property(lambda self: self.spec.base)
+    description = property(lambda self: self.spec.description)
+    report = property(lambda self: self.spec.report)
+    jobs = property(lambda self: self.spec.jobs)
 
 
 def _as_list(value) -> list:
@@ -91,9 +90,10 @@ def experiment_from_spec(spec: GridSpec, where: str = "") -> Experiment:
     for grid in _as_list(spec.grid):
         if not isinstance(grid, dict):
             raise ValueError(f"{where}each grid must be a mapping, got {grid!r}")
-        bad = sorted(set(grid) - set(_GRID_KEYS))
-        if bad:
-            raise ValueError(f"{where}unknown grid keys {bad}; valid: {list(_GRID_KEYS)}")
+        try:
+            check_keys(grid, _GRID_KEYS, "grid key")
+        except ValueError as e:
+            raise ValueError(f"{where}{e}") from None
         if "model" not in grid:
             raise ValueError(f"{where}every grid needs a 'model' list")
         datasets = _as_list(grid.get("dataset", {"name": data.get("name", "shapes"),
@@ -112,9 +112,7 @@ def experiment_from_spec(spec: GridSpec, where: str = "") -> Experiment:
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{where}runs repeat; give repeated models distinct labels")
-    if spec.jobs < 1:
-        raise ValueError(f"{where}jobs must be a positive int, got {spec.jobs!r}")
-    return Experiment(spec.name, spec.base, runs, spec.description, spec.report, spec.jobs)
+    return Experiment(spec, runs)
 
 
 def load_experiment(path, overrides=()) -> Experiment:
@@ -124,18 +122,11 @@ def load_experiment(path, overrides=()) -> Experiment:
 
 def run_config(exp: Experiment, run: RunSpec) -> dict:
     """The training config of one run: the experiment's base with the run's choices set."""
-    cfg = copy.deepcopy(exp.base)
-    set_key(cfg, "model.name", run.model)
-    set_key(cfg, "model.args", {**cfg.get("model", {}).get("args", {}), **run.model_args})
-    set_key(cfg, "data.name", run.dataset)
-    set_key(cfg, "data.args", {**cfg.get("data", {}).get("args", {}), **run.data_args})
-    set_key(cfg, "data.fraction", run.fraction)
-    set_key(cfg, "train.seed", run.seed)
-    set_key(cfg, "logging.group", exp.name)
-    set_key(cfg, "logging.name", f"{exp.name}/{run.run_id}")
-    if exp.jobs > 1:  # runs side by side: the experiment's progress lines, no per-run bars
-        set_key(cfg, "logging.progress", False)
-    return cfg
+    data = exp.base.get("data", {})
+    return exp.spec.config({"name": run.model, "args": run.model_args}, run.run_id,
+                           data={"name": run.dataset, "fraction": run.fraction,
+                                 "args": {**data.get("args", {}), **run.data_args}},
+                           train={"seed": run.seed})
 
 
 # ------------------------------------------------------------------------------ one run
@@ -157,23 +148,11 @@ def _inference_images_per_s(model, shape, precision: str, batch: int = 256) -> f
     return batch / statistics.median(times)
 
 
-def execute(exp: Experiment, run: RunSpec, out: Path, rollout_images: int) -> dict:
-    """Train one run (or read its finished result) and measure what the report needs."""
+def measure(res: dict, run_dir: Path, run: RunSpec, out: Path, rollout_images: int) -> dict:
+    """What the report needs of one trained run."""
     from ..data import build_dataset
     from ..models.summary import model_summary
-    from ..train import train
 
-    run_dir = out / "runs" / run.run_id
-    done = cache.finished(run_dir)
-    if done is not None:
-        return done
-    cfg = run_config(exp, run)
-    saved = run_dir / "config.yaml"
-    if saved.exists() and (yaml.safe_load(saved.read_text()) or {}).get("model") != cfg["model"]:
-        # resuming would load another architecture's checkpoint into this model
-        raise ValueError(f"{run_dir} holds an unfinished run of another model config "
-                         f"({saved}); delete that directory or pass another --out")
-    res = train(cfg, run_dir, resume="auto")
     model = res["model_module"]
     test = build_dataset(run.dataset, "test", **run.data_args)
     size = test.image_size if isinstance(test.image_size, (tuple, list)) else \
@@ -191,11 +170,9 @@ def execute(exp: Experiment, run: RunSpec, out: Path, rollout_images: int) -> di
         "confusion": res["test_result"]["confusion"],
         "class_names": list(test.class_names), "run_dir": str(run_dir),
     }
-    if not is_main_process():
-        return result
-    if rollout_images:
+    if rollout_images and is_main_process():
         _draw_rollout(model, test, rollout_images, out / "attention_rollout.png")
-    return cache.store(run_dir, result)  # written last: its presence means the run is complete
+    return result
 
 
 def _draw_rollout(model, test, n: int, path: Path) -> None:
@@ -303,15 +280,13 @@ def run_grid(spec: GridSpec, out: Path) -> dict:
     rollout_model = exp.report.attention_rollout
     full = max(r.fraction for r in exp.runs)
     first_seed = min(r.seed for r in exp.runs)
-    jobs = []
+    runs = []
     for run in exp.runs:
         n = exp.report.rollout_images if (run.label == rollout_model and run.fraction == full
                                           and run.seed == first_seed) else 0
-        run_dir = out / "runs" / run.run_id
-        jobs.append(Job(run.run_id, execute, (exp, run, out, n), log=run_dir / "train.log",
-                        done=cache.finished(run_dir) is not None))
-    results = run_jobs(jobs, exp.jobs,
-                       describe=lambda r: f"test accuracy {100 * r['test_accuracy']:.2f}%")
+        runs.append(Run(run.run_id, run.run_id, run_config(exp, run), measure, (run, out, n)))
+    results = train_runs(spec, out, runs,
+                         describe=lambda r: f"test accuracy {100 * r['test_accuracy']:.2f}%")
     if is_main_process():
         write_grid_report(exp, results, out)
     return {"experiment": exp.name, "out_dir": str(out), "runs": results}

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from . import cache
-from .pool import Job, is_main_process, run_jobs
+from .pool import is_main_process
 from .registry import register_kind
 from .report import check_targets, human, markdown_table, mean_std, read_curve, write_report
+from .runs import Run, Spec, train_runs
 
 DEFAULT_BANDS = {"near": [0.35, 0.45], "mid": [0.45, 0.60], "far": [0.60, 0.85]}
 
@@ -42,59 +42,52 @@ class RelationReport:
 
 
 @dataclass
-class RelationSpec:
+class RelationSpec(Spec):
     kind: str = "relation"
-    name: str = ""
-    description: str = ""
-    base: dict = field(default_factory=dict)  # the training config every model shares
     models: list[dict] = field(default_factory=list)  # {name, label, args, optim}
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     bands: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_BANDS))
     test_samples: int = 1000  # per band
-    jobs: int = 1
     report: RelationReport = field(default_factory=RelationReport)
 
+    def check(self) -> None:
+        super().check()
+        if not self.models:
+            raise ValueError(f"{self.name}: 'models' must be a non-empty list")
+        labels = []
+        for m in self.models:
+            if not isinstance(m, dict) or "name" not in m or "label" not in m:
+                raise ValueError(f"{self.name}: each model needs 'name' and 'label', got {m!r}")
+            self.check_keys(m, ("name", "label", "args", "optim"), of=f"model {m['label']!r}")
+            if m.get("optim") is not None and not isinstance(m["optim"], dict):
+                raise ValueError(f"{self.name}: model {m['label']!r}: optim must be a mapping of "
+                                 f"optimiser settings, got {m['optim']!r}")
+            labels.append(m["label"])
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"{self.name}: model labels repeat: {labels}")
+        if not self.seeds:
+            raise ValueError(f"{self.name}: 'seeds' must be a non-empty list")
+        if not self.bands:
+            raise ValueError(f"{self.name}: 'bands' must map names to [lo, hi] distance ranges")
+        for band, rng in self.bands.items():
+            if not (isinstance(rng, (list, tuple)) and len(rng) == 2):
+                raise ValueError(f"{self.name}: band {band!r}: expected [lo, hi], got {rng!r}")
+        if self.report.far_band not in self.bands:
+            raise ValueError(f"{self.name}: report.far_band {self.report.far_band!r} is not one of "
+                             f"the bands {list(self.bands)}")
+        data = self.base.get("data", {})
+        if data.get("name", "shapes") != "shapes" or data.get("args", {}).get("task") != "relation":
+            raise ValueError(f"{self.name}: base.data must be shapes with task: relation, got "
+                             f"{data.get('name')!r} / {data.get('args', {}).get('task')!r}")
+        from ..data import ShapesDataset
 
-def _check(spec: RelationSpec) -> None:
-    if not spec.models:
-        raise ValueError(f"{spec.name}: 'models' must be a non-empty list")
-    labels = []
-    for m in spec.models:
-        if not isinstance(m, dict) or "name" not in m or "label" not in m:
-            raise ValueError(f"{spec.name}: each model needs 'name' and 'label', got {m!r}")
-        bad = sorted(set(m) - {"name", "label", "args", "optim"})
-        if bad:
-            raise ValueError(f"{spec.name}: model {m['label']!r}: unknown keys {bad}; valid: "
-                             f"name, label, args, optim")
-        if m.get("optim") is not None and not isinstance(m["optim"], dict):
-            raise ValueError(f"{spec.name}: model {m['label']!r}: optim must be a mapping of "
-                             f"optimiser settings, got {m['optim']!r}")
-        labels.append(m["label"])
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"{spec.name}: model labels repeat: {labels}")
-    if not spec.seeds:
-        raise ValueError(f"{spec.name}: 'seeds' must be a non-empty list")
-    if not spec.bands:
-        raise ValueError(f"{spec.name}: 'bands' must map names to [lo, hi] distance ranges")
-    for band, rng in spec.bands.items():
-        if not (isinstance(rng, (list, tuple)) and len(rng) == 2):
-            raise ValueError(f"{spec.name}: band {band!r}: expected [lo, hi], got {rng!r}")
-    if spec.report.far_band not in spec.bands:
-        raise ValueError(f"{spec.name}: report.far_band {spec.report.far_band!r} is not one of "
-                         f"the bands {list(spec.bands)}")
-    data = spec.base.get("data", {})
-    if data.get("name", "shapes") != "shapes" or data.get("args", {}).get("task") != "relation":
-        raise ValueError(f"{spec.name}: base.data must be shapes with task: relation, got "
-                         f"{data.get('name')!r} / {data.get('args', {}).get('task')!r}")
-    from ..data import ShapesDataset
-
-    args = {k: v for k, v in data.get("args", {}).items() if k not in ("num_samples", "cache")}
-    try:  # the data options, the training distances and every band, before anything trains
-        ShapesDataset(1, **args)
-        for rng in spec.bands.values():
-            ShapesDataset(1, **{**args, "distance": rng})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{spec.name}: base.data.args / bands: {e}") from None
+        args = {k: v for k, v in data.get("args", {}).items() if k not in ("num_samples", "cache")}
+        try:  # the data options, the training distances and every band, before anything trains
+            ShapesDataset(1, **args)
+            for rng in self.bands.values():
+                ShapesDataset(1, **{**args, "distance": rng})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{self.name}: base.data.args / bands: {e}") from None
 
 
 def _run_id(label: str, seed: int) -> str:
@@ -125,32 +118,20 @@ def _accuracy(model, data, batch: int = 250) -> float:
     return correct / len(data)
 
 
-def train_relation(spec: RelationSpec, model: dict, seed: int, out: Path,
-                   attention: bool) -> dict:
-    """One model and seed: train (or read back), then test per band and measure."""
+def measure(res: dict, run_dir: Path, spec: RelationSpec, model: dict, seed: int, out: Path,
+            attention: bool) -> dict:
+    """One trained model and seed: tested per band and measured."""
     from ..models.receptive_field import receptive_field, sees_whole_image
     from ..models.registry import model_info
     from ..models.summary import model_summary
-    from ..train import train
 
-    run_dir = out / "runs" / _run_id(model["label"], seed)
-    done = cache.finished(run_dir)
-    if done is not None:
-        return done
-    cfg = copy.deepcopy(spec.base)
-    cfg.setdefault("model", {}).update(name=model["name"], args=dict(model.get("args") or {}))
-    cfg.setdefault("train", {})["seed"] = seed
-    # a model's own optimiser settings (its learning rate, tuned on val); the rest is shared
-    cfg.setdefault("optim", {}).update(model.get("optim") or {})
-    if spec.jobs > 1:  # runs side by side: the experiment's progress lines, no per-run bars
-        cfg.setdefault("logging", {})["progress"] = False
-    res = train(cfg, run_dir, resume="auto")
     net = res["model_module"].eval()
     first = _band_data(spec, next(iter(spec.bands)))
     side = first.image_size
     summary = model_summary(net, (first.in_chans, side, side))
     family = model_info(model["name"]).family
     rf = receptive_field(net) if family == "cnn" else None
+    optim = {**spec.base.get("optim", {}), **(model.get("optim") or {})}
     result = {
         "model": model["label"], "model_name": model["name"], "family": family, "seed": seed,
         "band_accuracy": {b: _accuracy(net, _band_data(spec, b)) for b in spec.bands},
@@ -158,12 +139,12 @@ def train_relation(spec: RelationSpec, model: dict, seed: int, out: Path,
         "flops": summary["flops"], "receptive_field": rf,
         "sees_whole_image": None if rf is None else sees_whole_image(rf, side),
         "image_size": side, "steps": res["steps"], "train_s": res["train_s"],
-        "lr": float(cfg["optim"].get("lr", 0.0)),
+        "lr": float(optim.get("lr", 0.0)),
         "wall_s": res["wall_s"], "curve": read_curve(run_dir / "metrics.jsonl", "val/acc"),
     }
     if attention:
         result["attention"] = attention_study(spec, net, out)
-    return cache.store(run_dir, result) if is_main_process() else result
+    return result
 
 
 # ------------------------------------------------------------------------------ attention
@@ -398,17 +379,17 @@ def _best_val(results, row) -> float:
 
 @register_kind("relation", RelationSpec)
 def run_relation(spec: RelationSpec, out: Path) -> dict:
-    _check(spec)
     first = min(spec.seeds)
-    jobs = []
+    runs = []
     for m in spec.models:
         for seed in spec.seeds:
-            run_dir = out / "runs" / _run_id(m["label"], seed)
+            run_id = _run_id(m["label"], seed)
+            # a model's own optimiser settings (its learning rate, tuned on val); the rest shared
+            cfg = spec.config(m, run_id, train={"seed": int(seed)}, optim=m.get("optim") or {})
             att = m["label"] == spec.report.attention and seed == first
-            jobs.append(Job(f"{m['label']} seed {seed}", train_relation,
-                            (spec, m, int(seed), out, att), log=run_dir / "train.log",
-                            done=cache.finished(run_dir) is not None))
-    results = run_jobs(jobs, spec.jobs, describe=lambda r: "test " + ", ".join(
+            runs.append(Run(f"{m['label']} seed {seed}", run_id, cfg, measure,
+                            (spec, m, int(seed), out, att)))
+    results = train_runs(spec, out, runs, describe=lambda r: "test " + ", ".join(
         f"{b} {100 * a:.1f}%" for b, a in r["band_accuracy"].items()))
     if is_main_process():
         write_relation_report(spec, results, out)

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from . import cache
-from .pool import Job, is_main_process, run_jobs
+from .pool import is_main_process
 from .registry import register_kind
 from .report import write_report
+from .runs import Run, Spec, train_runs
 
 
 @dataclass
@@ -43,52 +44,31 @@ class ProbeSpec:
 
 
 @dataclass
-class RnnVsTransformerSpec:
+class RnnVsTransformerSpec(Spec):
     kind: str = "rnn_vs_transformer"
-    name: str = ""
-    description: str = ""
-    base: dict = field(default_factory=dict)  # training config shared by the recall runs
     models: list[dict] = field(default_factory=list)  # {name, label, args}
     distances: list[int] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
-    jobs: int = 1
     timing: Timing = field(default_factory=Timing)
     probe: ProbeSpec | None = None
 
+    def check(self) -> None:
+        super().check()
+        if not self.models or not self.distances:
+            raise ValueError(f"{self.name}: 'models' and 'distances' must be non-empty lists")
+        for m in self.models:
+            if not isinstance(m, dict) or "name" not in m or "label" not in m:
+                raise ValueError(f"{self.name}: each model needs 'name' and 'label', got {m!r}")
 
-def _check(spec: RnnVsTransformerSpec) -> None:
-    if not spec.models or not spec.distances:
-        raise ValueError(f"{spec.name}: 'models' and 'distances' must be non-empty lists")
-    for m in spec.models:
-        if not isinstance(m, dict) or "name" not in m or "label" not in m:
-            raise ValueError(f"{spec.name}: each model needs 'name' and 'label', got {m!r}")
 
-
-def train_recall(spec: RnnVsTransformerSpec, model: dict, distance: int, seed: int,
-                 out: Path) -> dict:
-    """One recall run (or its stored result)."""
-    from ..train import train
-
-    run_dir = out / "runs" / f"{model['label']}-d{distance}-s{seed}"
-    done = cache.finished(run_dir)
-    if done is not None:
-        return done
-    cfg = copy.deepcopy(spec.base)
-    cfg.setdefault("model", {}).update(name=model["name"], args=dict(model.get("args") or {}))
-    data = cfg.setdefault("data", {})
-    data.update(name="recall", args={**data.get("args", {}), "distance": distance})
-    cfg.setdefault("task", {})["name"] = "text_classification"
-    cfg.setdefault("train", {})["seed"] = seed
-    if spec.jobs > 1:  # runs side by side: the experiment's progress lines, no per-run bars
-        cfg.setdefault("logging", {})["progress"] = False
-    res = train(cfg, run_dir, resume="auto")
+def measure_recall(res: dict, run_dir: Path, label: str, distance: int, seed: int) -> dict:
+    """One trained recall run's result."""
     epochs = res["epochs"] or 1.0
-    result = {"model": model["label"], "distance": distance, "seed": seed,
-              "test_accuracy": res["test_accuracy"], "steps": res["steps"],
-              "train_s": res["train_s"], "s_per_epoch": res["train_s"] / epochs,
-              "s_per_step": res["train_s"] / max(1, res["steps"]), "params": res["params"],
-              "wall_s": res["wall_s"]}
-    return cache.store(run_dir, result) if is_main_process() else result
+    return {"model": label, "distance": distance, "seed": seed,
+            "test_accuracy": res["test_accuracy"], "steps": res["steps"],
+            "train_s": res["train_s"], "s_per_epoch": res["train_s"] / epochs,
+            "s_per_step": res["train_s"] / max(1, res["steps"]), "params": res["params"],
+            "wall_s": res["wall_s"]}
 
 
 def time_per_step(spec: RnnVsTransformerSpec, lengths, batch: int = 16,
@@ -247,18 +227,18 @@ def _plots(acc_rows, step_rows, out: Path) -> None:
 
 @register_kind("rnn_vs_transformer", RnnVsTransformerSpec)
 def run_rnn_vs_transformer(spec: RnnVsTransformerSpec, out: Path) -> dict:
-    _check(spec)
     seeds = list(spec.seeds)
-    jobs = []
+    runs = []
     for d in spec.distances:
         for m in spec.models:
             for seed in seeds:
-                run_dir = out / "runs" / f"{m['label']}-d{d}-s{seed}"
-                jobs.append(Job(f"{m['label']} distance {d} seed {seed}", train_recall,
-                                (spec, m, int(d), seed, out), log=run_dir / "train.log",
-                                done=cache.finished(run_dir) is not None))
-    acc_rows = run_jobs(jobs, spec.jobs,
-                        describe=lambda r: f"test accuracy {100 * r['test_accuracy']:.1f}%")
+                run_id = f"{m['label']}-d{d}-s{seed}"
+                cfg = spec.config(m, run_id, data={"name": "recall", "args": {"distance": int(d)}},
+                                  task={"name": "text_classification"}, train={"seed": seed})
+                runs.append(Run(f"{m['label']} distance {d} seed {seed}", run_id, cfg,
+                                measure_recall, (m["label"], int(d), seed)))
+    acc_rows = train_runs(spec, out, runs,
+                          describe=lambda r: f"test accuracy {100 * r['test_accuracy']:.1f}%")
     if not is_main_process():
         return {"experiment": spec.name, "out_dir": str(out), "recall": acc_rows}
     t = spec.timing

@@ -67,6 +67,8 @@ def load_spec(path, overrides, schema: type):
             load_config(base)  # the same checks as `mmtx train`, before anything trains
         except ValueError as e:
             raise ValueError(f"{path}: base: {e}") from None
+    if hasattr(spec, "check"):  # the kind's own checks of the whole file (mmtx.experiments.runs)
+        spec.check()
     return spec
 
 

@@ -15,17 +15,16 @@ and steps on two-object shapes scenes. On held-out scenes the report gives:
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import cache
-from .pool import Job, is_main_process, run_jobs
+from .pool import is_main_process
 from .registry import register_kind
 from .report import check_targets, markdown_table, write_report
+from .runs import Run, Spec, train_runs
 
 FOIL_KINDS = ("swap_attributes", "swap_objects", "reverse_relation")
 
@@ -38,39 +37,27 @@ class VLEval:
 
 
 @dataclass
-class VLSpec:
+class VLSpec(Spec):
     kind: str = "vision_language"
-    name: str = ""
-    description: str = ""
-    base: dict = field(default_factory=dict)  # training config shared by every model
     models: list[dict] = field(default_factory=list)  # {label, name, task, args, task_args,
     #                                                    data_args (merged into base's)}
-    jobs: int = 1
     eval: VLEval = field(default_factory=VLEval)
     targets: dict = field(default_factory=dict)  # caption_exact, foil, pointing_ratio
 
+    def check(self) -> None:
+        super().check()
+        if not self.models:
+            raise ValueError(f"{self.name}: 'models' must list at least one model")
+        for m in self.models:
+            missing = [k for k in ("label", "name", "task") if k not in m]
+            if missing or m["task"] not in ("captioning", "contrastive"):
+                raise ValueError(f"{self.name}: each model needs label, name and task "
+                                 f"(captioning or contrastive); got {m!r}")
 
-def _check(spec: VLSpec) -> None:
-    if not spec.models:
-        raise ValueError(f"{spec.name}: 'models' must list at least one model")
-    for m in spec.models:
-        missing = [k for k in ("label", "name", "task") if k not in m]
-        if missing or m["task"] not in ("captioning", "contrastive"):
-            raise ValueError(f"{spec.name}: each model needs label, name and task (captioning "
-                             f"or contrastive); got {m!r}")
-
-
-def _run_config(spec: VLSpec, m: dict) -> dict:
-    cfg = copy.deepcopy(spec.base)
-    cfg["model"] = {"name": m["name"], "args": dict(m.get("args") or {})}
-    cfg["task"] = {"name": m["task"], "args": dict(m.get("task_args") or {})}
-    if m.get("data_args"):  # e.g. foil captions only for the model that trains on them
-        data = cfg.setdefault("data", {})
-        data["args"] = {**(data.get("args") or {}), **m["data_args"]}
-    cfg.setdefault("logging", {}).update(group=spec.name, name=f"{spec.name}/{m['label']}")
-    if spec.jobs > 1:  # runs side by side: the experiment's progress lines, no per-run bars
-        cfg["logging"]["progress"] = False
-    return cfg
+    def run_config(self, m: dict) -> dict:
+        # data_args: e.g. foil captions only for the model that trains on them
+        return self.config(m, m["label"], data={"args": m.get("data_args") or {}},
+                           task={"name": m["task"], "args": m.get("task_args") or {}})
 
 
 def _test_scenes(spec: VLSpec, cfg: dict):
@@ -173,15 +160,8 @@ def evaluate_model(spec: VLSpec, m: dict, run_dir: Path, out: Path) -> dict:
     return result
 
 
-def train_and_evaluate(spec: VLSpec, m: dict, out: Path) -> dict:
-    """One model (or its stored result): trained through the engine, then tested."""
-    from ..train import train
-
-    run_dir = out / "runs" / m["label"]
-    done = cache.finished(run_dir)
-    if done is not None:
-        return done
-    res = train(_run_config(spec, m), run_dir, resume="auto")
+def measure(res: dict, run_dir: Path, spec: VLSpec, m: dict, out: Path) -> dict:
+    """One trained model: its own test numbers, then the held-out foil and pointing tests."""
     test = res["test_result"]
     result = {"model": m["label"], "task": m["task"], "params": res["params"],
               "steps": res["steps"], "train_s": res["train_s"], "wall_s": res["wall_s"]}
@@ -189,10 +169,9 @@ def train_and_evaluate(spec: VLSpec, m: dict, out: Path) -> dict:
                 "text_to_image_R@1", "zero_shot_shape", "zero_shot_colour"):
         if key in test:
             result[key] = test[key]
-    if not is_main_process():
-        return result
-    result.update(evaluate_model(spec, m, run_dir, out))
-    return cache.store(run_dir, result)
+    if is_main_process():
+        result.update(evaluate_model(spec, m, run_dir, out))
+    return result
 
 
 # ------------------------------------------------------------------------------ report
@@ -240,17 +219,14 @@ def _targets(spec: VLSpec, results: list[dict]) -> list[str]:
 
 @register_kind("vision_language", VLSpec)
 def run_vision_language(spec: VLSpec, out: Path) -> dict:
-    _check(spec)
     t0 = time.perf_counter()
     # Hard-negative runs start first: they are the longest (their text tower also encodes a foil
     # per caption), so the shorter runs share the other workers meanwhile.
     order = sorted(range(len(spec.models)),
                    key=lambda i: not (spec.models[i].get("task_args") or {}).get("hard_negatives"))
-    jobs = [Job(m["label"], train_and_evaluate, (spec, m, out),
-                log=out / "runs" / m["label"] / "train.log",
-                done=cache.finished(out / "runs" / m["label"]) is not None)
+    runs = [Run(m["label"], m["label"], spec.run_config(m), measure, (spec, m, out))
             for m in (spec.models[i] for i in order)]
-    done = run_jobs(jobs, spec.jobs, describe=lambda r: ", ".join(
+    done = train_runs(spec, out, runs, describe=lambda r: ", ".join(
         f"{k} {_pct(r.get(k))}" for k in ("exact", "image_to_text_R@1") if k in r))
     results = [done[order.index(i)] for i in range(len(spec.models))]  # the file's order
     if not is_main_process():
