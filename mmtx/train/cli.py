@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .checkpoint import latest_checkpoint
 from .config import load_config
-from .engine import NonFiniteLossError, TrainingInterrupted, train
+from .engine import NonFiniteLossError, train
+from .signals import TrainingInterrupted
 
 
 def train_command(config, overrides=None, run_dir=None, resume=False) -> dict:
