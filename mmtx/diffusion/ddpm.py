@@ -72,6 +72,10 @@ class DDPM:
         """(n,) long training steps, uniform over 0 .. T-1."""
         return torch.randint(0, self.num_steps, (n,), generator=generator, device=device)
 
+    def t_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """Training steps from uniforms in [0, 1), uniform over 0 .. T-1 as `sample_t`."""
+        return (u * self.num_steps).long().clamp(0, self.num_steps - 1)
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) noise."""
         if t.is_floating_point() or t.min() < 0 or t.max() >= self.num_steps:

@@ -70,6 +70,14 @@ class FlowMatching:
         z = torch.randn(n, generator=generator, device=device)
         return torch.sigmoid(self.loc + self.scale * z)
 
+    def t_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """Training times from uniforms in (0, 1), same distribution as `sample_t` (the inverse
+        CDF; for per-item draws made elsewhere, mmtx.train.draws)."""
+        if self.timestep_sampling == "uniform":
+            return u
+        z = math.sqrt(2) * torch.erfinv((2 * u - 1).clamp(-1 + 1e-7, 1 - 1e-7))  # N(0, 1)
+        return torch.sigmoid(self.loc + self.scale * z)
+
     @staticmethod
     def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = (1 - t) x_0 + t noise; x0, noise (B, ...), t (B,)."""

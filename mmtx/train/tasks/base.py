@@ -17,7 +17,7 @@ split, then `eval_finalize` sees the whole split at once. Metrics that are not m
 per-batch values (recall@k, confusion matrices, perplexity) come out right this way.
 
 Several processes: a step's random draws come per item from the batch's item seeds
-(`per_item`), and a loss averaged over a varying number of tokens divides by the count over
+(`item_draws`), and a loss averaged over a varying number of tokens divides by the count over
 every process (`mean_over_processes`); then N processes with batches of B / N train exactly as
 one process with B (tests/test_dist_tasks.py).
 """
@@ -35,6 +35,7 @@ import torch.nn as nn
 from ...data import collate
 from ...data.protocols import ImageDataset
 from ..data import ITEM_SEED
+from ..draws import ItemDraws
 
 _TASKS: dict[str, type[Task]] = {}
 
@@ -60,18 +61,13 @@ def image_kwargs(dataset) -> dict:
                                           ("img_size", dataset.image_size)) if value is not None}
 
 
-def per_item(batch: dict, draw: Callable[[torch.Generator], tuple[torch.Tensor, ...]]
-             ) -> tuple[torch.Tensor, ...] | None:
-    """`draw(generator)` once per item with a CPU generator seeded from the batch's item seed
-    (the engine's loaders add them), its tensors stacked: (B, ...) each. None for a batch with
-    no item seeds (a task called outside the engine); the caller then draws from the global
-    RNG. An item's draws so depend only on the run's seed, its epoch and its index, not on
-    which process or batch it lands in."""
+def item_draws(batch: dict, device: torch.device) -> ItemDraws | None:
+    """Per-item random draws on `device` from the batch's item seeds (the engine's loaders add
+    them; see mmtx/train/draws.py); None for a batch without (a task called outside the engine),
+    whose draws then come from the global RNG. An item's draws so depend only on the run's seed,
+    its epoch and its index, not on which process or batch it lands in."""
     seeds = batch.get(ITEM_SEED)
-    if seeds is None:
-        return None
-    rows = [draw(torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
-    return tuple(torch.stack(col) for col in zip(*rows))
+    return None if seeds is None else ItemDraws(seeds.to(device))
 
 
 def mean_over_processes(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ from ...io import write_bytes, write_json
 from ...models.protocols import prediction
 from ...viz.grids import save_grid, to_uint8
 from ...viz.plots import plot_cond_acc
-from .base import Task, per_item, register_task
+from .base import Task, item_draws, register_task
 
 # Moved to mmtx.viz / mmtx.diffusion.sampling; still importable from here.
 __all__ = ["GenerationTask", "save_grid", "to_uint8", "plot_cond_acc", "generate"]
@@ -278,13 +278,11 @@ class GenerationTask(Task):
         """Per-item training times (B,), noise (like x0) and condition drops (B,) bool, from
         the batch's item seeds; None for a batch without them (then drawn from the global RNG
         and, in evaluation, a generator per batch)."""
-        draws = per_item(batch, lambda g: (self.objective.sample_t(1, None, g)[0],
-                                           torch.randn(x0.shape[1:], generator=g),
-                                           torch.rand((), generator=g) < cond_drop))
-        if draws is None:
+        d = item_draws(batch, x0.device)
+        if d is None:
             return None
-        t, noise, drop = draws
-        return t.to(x0.device), noise.to(x0), drop.to(x0.device)
+        t = self.objective.t_from_uniform(d.uniform())
+        return t, d.normal(*x0.shape[1:]).to(x0.dtype), d.uniform() < cond_drop
 
     def step(self, model, batch):
         x0 = self._x0(batch)

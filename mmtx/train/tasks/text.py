@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .base import Task, mean_over_processes, per_item, register_task
+from .base import Task, item_draws, mean_over_processes, register_task
 from .classification import ClassificationTask
 
 NUM_SPECIALS = 5  # mmtx.data.tokenizers: <pad> <bos> <eos> <mask> <unk> are ids 0..4
@@ -109,16 +109,16 @@ class MaskedLMTask(Task):
     def corrupt(self, ids, generator=None, batch=None):
         """-> (inputs, chosen) with chosen (B, L) bool: the positions the loss is taken on.
         Draws per item from `batch`'s item seeds when it has them, else from `generator`."""
-        v = self.vocab_size
-        draws = per_item(batch or {}, lambda g: (
-            torch.rand(ids.shape[1:], generator=g), torch.rand(ids.shape[1:], generator=g),
-            torch.randint(NUM_SPECIALS, v, ids.shape[1:], generator=g)))
-        if draws is None:
-            draws = (torch.rand(ids.shape, generator=generator, device="cpu"),
-                     torch.rand(ids.shape, generator=generator, device="cpu"),
-                     torch.randint(NUM_SPECIALS, v, ids.shape, generator=generator,
-                                   device="cpu"))
-        u, r, rand_tok = (d.to(ids.device) for d in draws)
+        v, d, shape = self.vocab_size, item_draws(batch or {}, ids.device), ids.shape
+        if d is not None:
+            u, r = d.uniform(shape[1]), d.uniform(shape[1])
+            rand_tok = NUM_SPECIALS + (d.uniform(shape[1]) * (v - NUM_SPECIALS)).long().clamp(
+                max=v - 1 - NUM_SPECIALS)
+        else:
+            u, r, rand_tok = (x.to(ids.device) for x in (
+                torch.rand(shape, generator=generator, device="cpu"),
+                torch.rand(shape, generator=generator, device="cpu"),
+                torch.randint(NUM_SPECIALS, v, shape, generator=generator, device="cpu")))
         chosen = (u < self.mask_prob) & (ids >= NUM_SPECIALS)
         inputs = torch.where(chosen & (r < 0.8), torch.full_like(ids, self.mask_id), ids)
         inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), rand_tok, inputs)
