@@ -140,12 +140,17 @@ def zeroshot_command(run_dir, images, labels: list[str], template: str = "{}") -
     """Print, per image, the labels ranked by the model's image-text similarity."""
     check_labels(labels, template)
     model, cfg, tokenizer = _load(run_dir, "contrastive")
+    prompts = {}  # token ids -> the label that gave them
     for label in labels:
-        for word in tokenizer.encode(template.format(label), add_special=False):
-            if word == tokenizer.unk_id:
-                known = [w for w in getattr(tokenizer, "itos", []) if not w.startswith("<")]
-                raise ValueError(f"--labels: {label!r} has a word outside the model's "
-                                 f"vocabulary; known words: {', '.join(known)}")
+        ids = tuple(tokenizer.encode(template.format(label), add_special=False))
+        if tokenizer.unk_id in ids:
+            known = [w for w in getattr(tokenizer, "itos", []) if not w.startswith("<")]
+            raise ValueError(f"--labels: {label!r} has a word outside the model's "
+                             f"vocabulary; known words: {', '.join(known)}")
+        if ids in prompts:  # e.g. "Circle" and "circle" for a lower-casing tokenizer
+            raise ValueError(f"--labels: {prompts[ids]!r} and {label!r} are the same prompt "
+                             f"to the model's tokenizer; give each label once")
+        prompts[ids] = label
     x = read_images(images, run_dir, cfg)
     with torch.no_grad():
         classes = model.zero_shot_classifier(labels, [template], tokenizer)  # (C, D)

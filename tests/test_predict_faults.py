@@ -74,6 +74,7 @@ def results(tmp_path_factory):
                      "--template", "a {} {}"],
         "brace": ["zeroshot", str(clip), str(good), "--labels", "circle", "--template", "a {"],
         "twice": ["zeroshot", str(clip), str(good), "--labels", "circle,square,circle"],
+        "same_prompt": ["zeroshot", str(clip), str(good), "--labels", "circle,Circle"],
         "attn_many": ["caption", str(cap), *[str(good)] * 17, "--attn", str(tmp / "a.png")],
         "attn_format": ["caption", str(cap), str(good), "--attn", str(tmp / "a.txt")],
         "many": ["caption", str(cap), *[str(good)] * 130],  # three batches
@@ -116,6 +117,8 @@ def _error(results, name) -> str:
                  r"label goes .*got 'a \{\} \{\}'$"),
     ("brace", r"^mmtx zeroshot: error: --template: .*got 'a \{'$"),
     ("twice", r"^mmtx zeroshot: error: --labels: 'circle' is given twice"),
+    ("same_prompt", r"^mmtx zeroshot: error: --labels: 'circle' and 'Circle' are the same "
+                    r"prompt to the model's tokenizer"),
     ("attn_many", r"^mmtx caption: error: --attn: draws one row per image, at most 16, got 17 "
                   r"images"),
     ("attn_format", r"^mmtx caption: error: --attn: expected a file name ending in \.png .*"
