@@ -5,7 +5,8 @@ Imports nothing of mmtx, so every layer of the package can use it."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable
 
 
 def nearest(key: str, valid: Iterable[str], n: int = 3) -> list[str]:
@@ -37,3 +38,13 @@ def check_keys(given: Iterable, valid: Iterable[str], what: str = "option", of: 
     for key in given:
         if key not in valid:
             raise unknown_key(key, valid, what, of)
+
+
+def check_kwargs(fn: Callable, kwargs: Iterable, what: str = "argument", of: str = "") -> None:
+    """`check_keys` against the keyword names `fn` (a function or a class) takes; nothing is
+    checked when it takes **kwargs."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    check_keys(kwargs, [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                            p.KEYWORD_ONLY)], what, of)

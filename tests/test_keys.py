@@ -8,6 +8,7 @@ from mmtx.diffusion import create_objective, create_sampler
 from mmtx.eval.judge import judge_data_config
 from mmtx.keys import check_keys
 from mmtx.train.config import load_config
+from mmtx.train.tasks import create_task
 
 
 @pytest.mark.parametrize("call, message", [
@@ -21,6 +22,9 @@ from mmtx.train.config import load_config
      "unknown argument 'setps' for sampler 'euler'; did you mean steps?"),
     (lambda: judge_data_config(imag_size=16),
      "unknown judge data option 'imag_size'; did you mean image_size?"),
+    (lambda: create_task("classification", lable_smoothing=0.1),
+     "unknown task.args key 'lable_smoothing' for task 'classification'; did you mean "
+     "label_smoothing?"),
     (lambda: load_config(None, ["optim.lrr=1"]),
      "unknown config key 'optim.lrr'; did you mean optim.lr"),
 ])

@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from ...data import collate
 from ...data.protocols import ImageDataset
+from ...keys import check_kwargs
 from ..data import ITEM_SEED
 from ..draws import ItemDraws
 
@@ -93,6 +94,7 @@ def list_tasks() -> list[str]:
 def create_task(name: str, **args) -> Task:
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(list_tasks())}")
+    check_kwargs(_TASKS[name], args, "task.args key", of=f"task {name!r}")
     try:
         return _TASKS[name](**args)
     except TypeError as e:
