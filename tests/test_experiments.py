@@ -315,6 +315,17 @@ def test_vision_language_quick_end_to_end(tmp_path, request):
         res["runs"]
 
 
+@pytest.mark.parametrize("override, match", [
+    ("eval.images=0", "eval.images: expected an int >= 1, got 0"),
+    ("eval.examples=600", r"eval.examples \(600\) are drawn from the eval.images test scenes"),
+])
+def test_vision_language_eval_options_are_checked_before_training(tmp_path, override, match,
+                                                                   no_training):
+    with pytest.raises(ValueError, match=match):
+        run_experiment(EXPERIMENTS / "vision_language_quick.yaml", tmp_path, [override])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_run_killed_after_its_last_checkpoint_finishes_on_rerun(tmp_path):
     """Killed between the last checkpoint and result.json: the rerun resumes at the last step,
     trains nothing more, and still reports the run's throughput (over its steps)."""

@@ -89,6 +89,8 @@ def test_second_run_reads_every_run_back(finished, monkeypatch):
     ("measurements.text.task.args.cond=class", "task.args.cond must be 'caption'"),
     ("models.1.args.dim=256", r"not FLOP-matched on 'class': cnn 4.4, dit .*allowed 1.20"),
     ("holdout=[red starr]", "exclude: expected 'colour shape' names"),
+    ("eval.cfg_scales=[1.0, .nan]", r"eval.cfg_scales: expected a finite number >= 0 .* nan"),
+    ("eval.grid=0", r"eval.grid: expected an int >= 1"),
 ])
 def test_bad_specs_fail_before_training(tmp_path, override, match, monkeypatch):
     monkeypatch.setattr("mmtx.train.train", lambda *a, **k: pytest.fail("trained"))

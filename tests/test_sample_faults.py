@@ -90,7 +90,7 @@ def test_more_images_than_memory_holds_are_refused_naming_the_limit(run_dir, tmp
 def test_a_grid_larger_than_pil_can_open_is_refused_before_sampling():
     from PIL import Image
 
-    from mmtx.viz.grids import check_grid, grid_size
+    from mmtx.viz.grids import check_grid, grid_size, save_grid
 
     check_grid(1000, (3, 16, 16))  # 32 x 32 cells of 18 px, drawn 2x: 1,156 px square
     _, _, h, w = grid_size(400_000, (3, 16, 16))
@@ -100,6 +100,9 @@ def test_a_grid_larger_than_pil_can_open_is_refused_before_sampling():
         check_grid(400_000, (3, 16, 16), what="--n")
     with pytest.raises(ValueError, match=r"cols: expected an int >= 1.*-2"):
         check_grid(4, (3, 16, 16), cols=-2)
+    with pytest.raises(ValueError, match=r"images must be \(N >= 1, 1 or 3, H, W\), got shape "
+                                         r"\(0, 3, 16, 16\)"):
+        save_grid(torch.zeros(0, 3, 16, 16), "unused.png")
 
 
 def test_images_are_sampled_in_chunks_with_a_progress_bar_and_the_same_noise(run_dir, tmp_path):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..diffusion.guidance import check_cfg_scale
 from .generation_report import pct, write_study_report
 from .pool import is_main_process
 from .registry import register_kind
@@ -164,6 +165,11 @@ def _check(spec: GenStudySpec) -> None:
     if spec.eval.samples < 4 or spec.eval.prompts < 1 or spec.eval.consistency_samples < 1:
         raise ValueError(f"{spec.name}: eval.samples >= 4, eval.prompts and "
                          f"eval.consistency_samples >= 1 expected, got {spec.eval}")
+    if spec.eval.grid < 1:
+        raise ValueError(f"{spec.name}: eval.grid: expected an int >= 1 (images per sample "
+                         f"grid), got {spec.eval.grid}")
+    for scale in spec.eval.cfg_scales:
+        check_cfg_scale(scale, f"{spec.name}: eval.cfg_scales")
     from ..train.config import load_config
 
     for name in spec.measurements:  # every run's config, as `mmtx train` checks it

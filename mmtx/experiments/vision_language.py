@@ -53,6 +53,13 @@ class VLSpec(Spec):
             if missing or m["task"] not in ("captioning", "contrastive"):
                 raise ValueError(f"{self.name}: each model needs label, name and task "
                                  f"(captioning or contrastive); got {m!r}")
+        for key, low in (("images", 1), ("batch_size", 1), ("examples", 0)):
+            if getattr(self.eval, key) < low:
+                raise ValueError(f"{self.name}: eval.{key}: expected an int >= {low}, got "
+                                 f"{getattr(self.eval, key)}")
+        if self.eval.examples > self.eval.images:
+            raise ValueError(f"{self.name}: eval.examples ({self.eval.examples}) are drawn from "
+                             f"the eval.images test scenes ({self.eval.images}): at most as many")
 
     def run_config(self, m: dict) -> dict:
         # data_args: e.g. foil captions only for the model that trains on them

@@ -62,8 +62,9 @@ def save_grid(images: torch.Tensor, path, cols: int | None = None, pad: int = 2,
     """Images (N, C, H, W) in [-1, 1] -> one PNG grid (`cols` per row, default ~sqrt(N)),
     `pad` grey pixels between cells, each pixel drawn `scale` x `scale`. Written atomically
     (mmtx.io): a full disk leaves no half-written image."""
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 1 or 3, H, W), got shape {tuple(images.shape)}")
+    if images.dim() != 4 or images.shape[1] not in (1, 3) or images.shape[0] == 0:
+        raise ValueError(f"images must be (N >= 1, 1 or 3, H, W), got shape "
+                         f"{tuple(images.shape)}")
     from PIL import Image
 
     n, c, h, w = images.shape
