@@ -165,6 +165,8 @@ def generate(model: nn.Module, cond: dict | None, num: int, image_shape, *, obje
     several. cfg_scale != 1 needs null_cond (the model's "no condition", a dict like cond).
     sampler_args: the sampler's own options (e.g. {"shift": 3.0} for euler / heun).
     decode: applied to each chunk's samples (e.g. a latent autoencoder's decoder).
+    The samples are returned on the CPU: chunk by chunk they leave the device, so the host
+    memory `check_fits` measures is what bounds `num`, not the accelerator's.
     """
     cfg_scale = check_cfg_scale(cfg_scale)
     if not isinstance(num, int) or num < 1:
@@ -191,7 +193,7 @@ def generate(model: nn.Module, cond: dict | None, num: int, image_shape, *, obje
                    sampler=sampler, cfg_scale=cfg_scale, null_cond=null_cond, generator=gen,
                    noise=noise, steps=steps, progress=progress and bar is None,
                    autocast=autocast, **(sampler_args or {}))
-        out.append(x if decode is None else decode(x))
+        out.append((x if decode is None else decode(x)).cpu())  # kept in host memory
         if bar is not None:
             bar.update(stop - start)
     if bar is not None:
