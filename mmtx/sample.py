@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .data import WordTokenizer
-from .diffusion.sampling import check_cfg_scale, check_fits
+from .diffusion.sampling import check_cfg_scale, check_fits, create_sampler
+from .train.engine import torch_threads
 from .train.run import load_generator
 from .viz.grids import check_grid, image_format, save_grid
 
@@ -32,6 +33,8 @@ def _slug(text: str) -> str:
 def _check_writable(folder: Path, what: str, given) -> None:
     """Refuse, before sampling, a folder the images cannot be written to (read-only, no
     permission, a file in the way), naming the option and the folder."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {str(given)!r}: {str(folder)!r} is a file; expected a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -124,7 +127,15 @@ def sample_command(run_dir, classes=None, prompts=None, n: int = 16, steps: int 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps: expected an int >= 1, got {steps!r}")
     cfg_scale = check_cfg_scale(cfg_scale, "--cfg")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64:
+        raise ValueError(f"--seed: expected an int in [-2**63, 2**64) (torch's seeds), "
+                         f"got {seed!r}")
     model, task, config = load_generator(run_dir, vae=vae)
+    sampler = sampler or task.sampler
+    try:  # the objective the run trained with decides the samplers it can use
+        create_sampler(sampler, task.objective, steps=steps, **task.sampler_args(sampler))
+    except ValueError as e:
+        raise ValueError(f"--sampler {sampler!r}: {e}") from None
     # Sizes and files first: nothing is sampled that could not be kept or written.
     check_fits(n, task.image_shape, "--n")
     if out:
@@ -136,12 +147,12 @@ def sample_command(run_dir, classes=None, prompts=None, n: int = 16, steps: int 
     cond, labels = conditions(task, n, classes=classes, prompts=prompts)  # checks names, words
     device = torch.device("cuda" if torch.cuda.is_available() and not config.train.cpu
                           else "cpu")
-    if config.train.threads:  # as the run trained: tiny models run faster on one thread
-        torch.set_num_threads(config.train.threads)
     model.to(device)
-    images = task.sample_images(model, cond, n, seed, progress=progress,
-                                autocast=config.train.precision != "fp32", cfg_scale=cfg_scale,
-                                steps=steps, sampler=sampler).cpu()
+    # As the run trained (tiny models run faster on one thread), for the sampling only.
+    with torch_threads(config.train.threads):
+        images = task.sample_images(model, cond, n, seed, progress=progress,
+                                    autocast=config.train.precision != "fp32",
+                                    cfg_scale=cfg_scale, steps=steps, sampler=sampler)
     if out:
         path = save_grid(images, out, cols=cols)
         print(f"grid of {n} images: {path}")

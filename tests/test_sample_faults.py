@@ -73,6 +73,25 @@ def test_a_guidance_scale_that_is_not_a_finite_number_is_refused(run_dir, tmp_pa
     assert not (tmp_path / "g.png").exists()  # nothing sampled, nothing written
 
 
+@pytest.mark.parametrize("option, match", [
+    ({"seed": 10**23}, r"--seed: expected an int in \[-2\*\*63, 2\*\*64\)"),
+    ({"sampler": "ddim"}, r"--sampler 'ddim': sampler 'ddim' needs a DDPM objective, got Flow"),
+    ({"out_dir": "file.png"}, r"--out-dir '.*/file.png': '.*/file.png' is a file; expected"),
+])
+def test_bad_seed_sampler_and_output_folder_are_named_before_sampling(run_dir, tmp_path, option,
+                                                                       match, monkeypatch):
+    from mmtx.sample import sample_command
+
+    (tmp_path / "file.png").write_bytes(b"")
+    monkeypatch.setattr("mmtx.diffusion.sampling.sample",
+                        lambda *a, **k: pytest.fail("sampled"))
+    if "out_dir" in option:
+        option = {"out_dir": tmp_path / option["out_dir"]}
+    with pytest.raises(ValueError, match=match):
+        sample_command(run_dir, n=2, steps=1, out=tmp_path / "g.png", **option)
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_a_guidance_scale_in_a_config_that_is_not_a_number_names_the_key(tmp_path):
     proc = mmtx("train", QUICK, "--run-dir", tmp_path / "run", "--set", "task.args.cfg_scale=nan",
                 "--set", "logging.progress=false")
