@@ -151,6 +151,19 @@ def test_images_are_sampled_in_chunks_with_a_progress_bar_and_the_same_noise(run
     assert len(list((tmp_path / "each").glob("*.png"))) == 10
 
 
+def test_evaluation_samples_and_grid_that_cannot_fit_are_refused_at_setup():
+    from mmtx.data import ShapesDataset
+    from mmtx.train.tasks import create_task
+
+    data = ShapesDataset(4, image_size=16, task="shape_colour")
+    create_task("generation", eval_samples=64, grid=16).setup(data)
+    with pytest.raises(ValueError, match=r"task.args.eval_samples: 1,000,000,000,000 images of "
+                                         r"shape \(3, 16, 16\) need .* GiB"):
+        create_task("generation", eval_samples=10**12).setup(data)
+    with pytest.raises(ValueError, match=r"task.args.grid: a grid of 400,000 images"):
+        create_task("generation", grid=400_000).setup(data)
+
+
 def _edit_spec(run: Path, change) -> None:
     spec = json.loads((run / "generation.json").read_text())
     (run / "generation.json").write_text(json.dumps(change(spec)))

@@ -39,7 +39,13 @@ import torch
 from ...data import CaptionCollate, WordTokenizer, collate, load_tokenizer, shapes_vocabulary
 from ...data.protocols import ClassDataset, class_names
 from ...data.shapes import ShapesDataset
-from ...diffusion.sampling import check_cfg_scale, create_objective, create_sampler, generate
+from ...diffusion.sampling import (
+    check_cfg_scale,
+    check_fits,
+    create_objective,
+    create_sampler,
+    generate,
+)
 from ...eval.samples import (
     SampleSuite,
     generation_spec,
@@ -48,7 +54,7 @@ from ...eval.samples import (
 )
 from ...io import write_bytes, write_json
 from ...models.protocols import prediction
-from ...viz.grids import save_grid, to_uint8
+from ...viz.grids import check_grid, save_grid, to_uint8
 from ...viz.plots import plot_cond_acc
 from .base import Task, item_draws, register_task
 
@@ -210,6 +216,10 @@ class GenerationTask(Task):
 
     def setup(self, dataset) -> None:
         self.image_shape = tuple(dataset[0][self.image_key].shape)  # (C, H, W)
+        # The evaluation's samples and grid must fit: found now, not after the training.
+        check_fits(self.eval_samples, self.image_shape, "task.args.eval_samples")
+        check_fits(self.grid, self.image_shape, "task.args.grid")
+        check_grid(self.grid, self.image_shape, self.grid_cols, what="task.args.grid")
         self.suite.shapes = shapes_base(dataset)
         self._use_vae()
         self.num_classes = self._num_classes(dataset)
