@@ -89,16 +89,14 @@ def _example(task) -> tuple[torch.Tensor, torch.Tensor, dict]:
 
 
 def flops_per_image(model, task) -> int:
-    """Forward FLOPs of one image (a multiply-add counts 2), condition included."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Forward FLOPs of one image (a multiply-add counts 2), condition and attention included:
+    torch's counter alone counts the fused attention kernels as 0 on some devices, which
+    would flatter every model with attention in a FLOP-matched comparison."""
+    from ..models.summary import forward_flops
 
     x, t, cond = _example(task)
-    was = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, t, **cond)
-    model.train(was)
-    return int(counter.get_total_flops())
+    with torch.no_grad():
+        return int(forward_flops(model, x, t, **cond))
 
 
 def _built(spec: GenStudySpec, model: dict, measurement: str):
