@@ -77,7 +77,7 @@ def job_configs(job: str) -> list[tuple[str, dict]]:
 
 def flops_per_image(trainer) -> float:
     """FLOPs of one training step (forward + backward) per image, eager fp32."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
     batch = next(iter(trainer.train_loader))
     with FlopCounterMode(display=False) as counter:
         loss, _ = trainer.task.step(model, batch)

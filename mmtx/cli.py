@@ -135,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
 _NO_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def _end_process_group() -> None:
+    """Under a launcher (torchrun, accelerate launch): shut the process group down before the
+    interpreter exits, as torch asks, rather than leave its threads to the exit's teardown."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     from .train.signals import on_stop_signals, stop_now
@@ -144,6 +153,7 @@ def main(argv=None) -> None:
         # (its own handler), elsewhere it stops at once; either way one line, no traceback.
         with on_stop_signals(stop_now):
             args.fn(args)
+        _end_process_group()
     except (ValueError, FileNotFoundError) as e:  # a user's mistake: say it, without a traceback
         print(f"mmtx {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)

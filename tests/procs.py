@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import socket
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def die_with_parent(alarm_s: int) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+from procs import free_port
 from test_train_support import run_in_subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +28,10 @@ def test_readme_cpu_command_starts_two_processes(tmp_path):
                                             "num_samples": 32}, "batch_size": 4},
         "train": {"max_steps": 2, "threads": 1}}))
     # `accelerate` is the console script of accelerate_cli: run it with this interpreter
+    # and a free port instead of the default 29500, which another run on the host may hold
     command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
-               "--multi_gpu", "--num_processes", "2", "-m", "mmtx", "train", str(config),
-               "--run-dir", str(tmp_path / "run")]
+               "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+               "-m", "mmtx", "train", str(config), "--run-dir", str(tmp_path / "run")]
     readme = (ROOT / "README.md").read_text()
     assert "accelerate launch --multi_gpu --num_processes 2 -m mmtx train" in readme
     # HF_HOME: no accelerate config file of the user's changes what the command does

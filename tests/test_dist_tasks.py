@@ -16,7 +16,6 @@ instead of the global mean) moved the seq2seq, masked-LM and captioning losses b
 """
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from dist_tasks import CASES, STRATEGY, config
+from procs import free_port
 from safetensors.torch import load_file
 from test_train_support import run_in_subprocess_env
 
@@ -40,12 +40,6 @@ LOSS_RTOL, WEIGHT_ATOL, METRIC_RTOL = 2e-6, 5e-5, 1e-6
 MACHINES_CASES = ["classification", "generation_class_ema"]
 TIMEOUT_S = 400
 TASKS = [c for c in CASES if c not in STRATEGY]  # the DiT by strategy: test_dist_fsdp.py
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(*args) -> list[str]:
