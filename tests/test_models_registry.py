@@ -112,3 +112,14 @@ def test_every_family_has_an_example_recipe(monkeypatch):
         "scratch_no_recipe", lambda **kw: torch.nn.Linear(2, 2), __name__, "scratch", None))
     with pytest.raises(ValueError, match="family 'scratch' has no example recipe"):
         model_example("scratch_no_recipe")
+
+
+@pytest.mark.parametrize("name, override, hint", [
+    ("vit_micro_patch2_16", "dept", "depth"),
+    ("dit_micro_4", "patch_sise", "patch_size"),
+    ("unet_small", "chanels", "channels"),
+])
+def test_a_misspelt_override_names_the_nearest_argument(name, override, hint):
+    with pytest.raises(ValueError, match=rf"unknown override '{override}' for model '{name}'; "
+                                         rf"did you mean {hint}\b"):
+        create_model(name, **{override: 1})

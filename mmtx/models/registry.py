@@ -7,12 +7,14 @@ model family: `mmtx/models/__init__.py` imports them, and their decorators fill 
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn as nn
+
+from ..keys import check_kwargs, nearest
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def register_prefix(prefix: str, fn: Callable[..., nn.Module]) -> None:
 
 
 def _unknown(name: str) -> ValueError:
-    close = difflib.get_close_matches(name, _MODELS, n=3)
+    close = nearest(name, _MODELS)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `mmtx models`"
     return ValueError(f"unknown model name {name!r}{hint}")
 
@@ -96,4 +98,16 @@ def create_model(name: str, **overrides) -> nn.Module:
     except TypeError as e:  # an override the model does not take: a user's config mistake
         if "unexpected keyword argument" not in str(e):
             raise
+        cls = _returned_class(fn)
+        if cls is not None:  # name the nearest arguments the model's class does take
+            check_kwargs(cls, overrides, "override", f"model {name!r}")
         raise ValueError(f"model {name!r} does not take that override: {e}") from None
+
+
+def _returned_class(fn: Callable) -> type | None:
+    """The class a factory says it returns (`-> ViT`), or None when it does not say."""
+    try:
+        cls = typing.get_type_hints(fn).get("return")
+    except Exception:  # an annotation that does not resolve: no suggestions, the error stands
+        return None
+    return cls if isinstance(cls, type) else None
