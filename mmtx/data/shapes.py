@@ -48,6 +48,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..io import atomic_path, write_json
+from .placement import PLACE_TRIES, place, place_at_distance, shrink
 from .render import BOUND, COLOURS, SHAPES, Obj, add_clutter, mask_boxes, object_masks, render
 from .scene_text import (
     FOIL_KINDS,
@@ -57,6 +58,13 @@ from .scene_text import (
     make_caption,
     make_foils,
     spatial,
+)
+from .shape_args import (
+    REDRAWS,
+    check_distance,
+    check_distractors,
+    check_drawable,
+    check_exclude,
 )
 
 log = logging.getLogger(__name__)
@@ -75,118 +83,10 @@ _RADII = {1: {"small": (0.17, 0.22), "large": (0.28, 0.36)},
           3: {"small": (0.12, 0.15), "large": (0.16, 0.20)}}
 MEAN = (0.5, 0.5, 0.5)  # images are mapped to [-1, 1], convenient for generators too
 STD = (0.5, 0.5, 0.5)
-# Placing objects that do not fit: new positions, then (every _SHRINK_EVERY failed tries) 10%
-# smaller, but not below their size's range for the first _KEEP_SIZES tries: a "large" object
-# shrunk below a "small" one would make its caption wrong (14% of the large objects in caption
-# scenes were, when every failure shrank). Only a scene that fits no other way (many objects,
-# a tiny image) shrinks further.
-_PLACE_TRIES, _SHRINK_EVERY, _KEEP_SIZES = 40, 4, 24
-# Caption scenes keep |larger offset| >= _CLEAR * |smaller offset| between related objects, so
-# "left of" is never a near-diagonal call that "above" would describe as well.
-_CLEAR = 2.0
 
 
 DISTRACTOR_COLOUR = "grey"
 _GREY = (0.5, 0.5, 0.5)
-
-
-def _check_distance(distance, task: str):
-    """None or a (lo, hi) float pair with 0 < lo <= hi <= 1, for the relation task."""
-    if distance is None:
-        return None
-    if task != "relation":
-        raise ValueError(f"distance: only the relation task places a pair at a set distance, "
-                         f"got task={task!r}")
-    try:
-        lo, hi = (float(v) for v in distance)
-    except (TypeError, ValueError):
-        raise ValueError(f"distance: expected a (lo, hi) pair of fractions of the image side, "
-                         f"got {distance!r}") from None
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"distance: expected 0 < lo <= hi <= 1 (fractions of the image side), "
-                         f"got {distance!r}")
-    return (lo, hi)
-
-
-def _shrink(radii: np.ndarray, floor: np.ndarray, attempt: int) -> np.ndarray:
-    """The radii for the try after failed try `attempt` (see _PLACE_TRIES)."""
-    if attempt % _SHRINK_EVERY != _SHRINK_EVERY - 1:
-        return radii  # new positions first
-    if attempt >= _KEEP_SIZES:
-        floor = np.zeros_like(floor)
-    return np.maximum(radii * 0.9, np.minimum(radii, floor))
-
-
-def _check_distractors(distractors, task: str) -> tuple[int, int]:
-    """An int or a (min, max) range within 0..6, for the relation task."""
-    if isinstance(distractors, bool) or not isinstance(distractors, (int, list, tuple)):
-        raise ValueError(f"distractors: expected an int or a (min, max) range, got "
-                         f"{distractors!r}")
-    lo, hi = (distractors, distractors) if isinstance(distractors, int) else tuple(distractors)
-    if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi <= 6):
-        raise ValueError(f"distractors: expected an int or a (min, max) range within 0..6, "
-                         f"got {distractors!r}")
-    if hi and task != "relation":
-        raise ValueError(f"distractors: only the relation task has distractor objects, "
-                         f"got task={task!r}")
-    return (lo, hi)
-
-
-def _check_exclude(exclude, shapes, colours) -> tuple[tuple[str, str], ...]:
-    """["red star", ...] -> (("red", "star"), ...), colour-shape names of this dataset."""
-    if exclude is None:
-        return ()
-    if isinstance(exclude, str) or not isinstance(exclude, (list, tuple)):
-        raise ValueError(f"exclude: expected a list of 'colour shape' names, got {exclude!r}")
-    out = []
-    for name in exclude:
-        parts = str(name).split()
-        if len(parts) != 2 or parts[0] not in colours or parts[1] not in shapes:
-            raise ValueError(f"exclude: expected 'colour shape' names such as 'red star' "
-                             f"(colours: {', '.join(colours)}; shapes: {', '.join(shapes)}), "
-                             f"got {name!r}")
-        out.append((parts[0], parts[1]))
-    if len(set(out)) >= len(shapes) * len(colours):
-        raise ValueError(f"exclude: leaves no colour-shape combination to draw, got {exclude!r}")
-    return tuple(out)
-
-
-# A scene holding an excluded combination is drawn again; a scene that needs more draws than
-# this on average is refused at construction (a hang otherwise), and _REDRAWS bounds the loop:
-# at >= 1 / _MEAN_DRAWS acceptance, 10,000 failed draws in a row happen with odds e^-100.
-_MEAN_DRAWS, _REDRAWS = 100, 10_000
-
-
-def _check_drawable(exclude, shapes, colours, task: str, num_objects) -> None:
-    """Refuse an `exclude` under which a scene of `task` takes over _MEAN_DRAWS draws on
-    average (or can never be drawn), or, for the relation task, under which one of its two
-    labels (same / different shape) can never be drawn."""
-    if not exclude:
-        return
-    ok = np.array([[(c, s) not in exclude for c in colours] for s in shapes], float)  # (S, C)
-    p = ok.mean()  # one object with a free shape and colour is allowed
-    first = ok.mean(1) / len(shapes)  # (S,) P(object 0 has shape s and is allowed)
-    if task == "twins":  # object 1 is a copy of object 0
-        pairs = {"": p}
-    elif task == "relation":  # object 1: the same shape, or one of the others
-        other = (ok.mean(1).sum() - ok.mean(1)) / max(len(shapes) - 1, 1)  # (S,)
-        pairs = {"same shape": float(first @ ok.mean(1)), "different shapes": float(first @ other)}
-    else:
-        pairs = {"": p * p}
-    lo, hi = num_objects
-    for label, pair in pairs.items():
-        rate = np.mean([p if n == 1 else pair * p ** (n - 2) for n in range(lo, hi + 1)])
-        if rate * _MEAN_DRAWS < 1:
-            scenes = f"{task} scenes" + (f" with {label}" if label else "")
-            objects = f"{lo}" if lo == hi else f"{lo}-{hi}"
-            draws = "can never be drawn" if rate == 0 else \
-                f"would take about {1 / rate:,.0f} draws each (at most {_MEAN_DRAWS} allowed)"
-            left = [f"{c} {s}" for i, s in enumerate(shapes) for j, c in enumerate(colours)
-                    if ok[i, j]]
-            left = f" ({', '.join(left)})" if len(left) <= 4 else ""
-            raise ValueError(f"exclude: leaves {int(ok.sum())} of {ok.size} colour-shape "
-                             f"combinations{left}, and {scenes} of {objects} objects "
-                             f"{draws}; exclude fewer combinations or draw fewer objects")
 
 
 def shapes_vocabulary() -> list[str]:
@@ -274,10 +174,10 @@ class ShapesDataset(Dataset):
             raise ValueError("shapes: the relation task needs at least two shapes")
         if noise < 0 or clutter < 0:
             raise ValueError(f"noise and clutter: expected >= 0, got {noise!r} and {clutter!r}")
-        self.distance = _check_distance(distance, task)
-        self.distractors = _check_distractors(distractors, task)
-        self.exclude = _check_exclude(exclude, self.shapes, self.colours)
-        _check_drawable(self.exclude, self.shapes, self.colours, task, (lo, hi))
+        self.distance = check_distance(distance, task)
+        self.distractors = check_distractors(distractors, task)
+        self.exclude = check_exclude(exclude, self.shapes, self.colours)
+        check_drawable(self.exclude, self.shapes, self.colours, task, (lo, hi))
 
         self.num_samples, self.image_size, self.split = int(num_samples), int(image_size), split
         self.seed, self.task, self.num_objects = int(seed), task, (lo, hi)
@@ -314,11 +214,11 @@ class ShapesDataset(Dataset):
         objects = self._draw_scene(rng)
         # An excluded combination: draw again from the same stream. Only when `exclude` is set,
         # so every other scene is what it always was.
-        for _ in range(_REDRAWS):
+        for _ in range(REDRAWS):
             if not any((o.colour, o.shape) in self.exclude for o in objects):
                 return objects
             objects = self._draw_scene(rng)
-        raise ValueError(f"exclude: no scene without {list(self.exclude)} in {_REDRAWS:,} draws")
+        raise ValueError(f"exclude: no scene without {list(self.exclude)} in {REDRAWS:,} draws")
 
     def _draw_scene(self, rng: np.random.Generator) -> list[Obj]:
         lo, hi = self.num_objects
@@ -351,63 +251,20 @@ class ShapesDataset(Dataset):
         # Relation and twins scenes keep their first two objects at least 0.45 of the side apart.
         far = 0.45 * side if self.task in ("relation", "twins") else 0.0
         clear = self.task == "caption"
-        for attempt in range(_PLACE_TRIES):
+        for attempt in range(PLACE_TRIES):
             if self.distance is None:
-                pos = self._place(rng, radii * extent, far, clear)
+                pos = place(rng, radii * extent, side, far, clear)
             else:
-                pos = self._place_at_distance(rng, radii * extent)
+                pos = place_at_distance(rng, radii * extent, side, self.distance)
             if pos is not None:
                 break
-            radii = _shrink(radii, lo_hi[:, 0] * side, attempt)
+            radii = shrink(radii, lo_hi[:, 0] * side, attempt)
         if pos is None:
             raise RuntimeError(f"could not place {n} objects in a {side} px image")
         rgb = np.array([COLOURS.get(c, _GREY) for c in colours])  # (n, 3)
         rgb = np.clip(rgb + rng.uniform(-self.colour_jitter, self.colour_jitter, (n, 3)), 0, 1)
         return [Obj(shapes[i], colours[i], sizes[i], float(pos[i][0]), float(pos[i][1]),
                     float(radii[i]), tuple(rgb[i].tolist())) for i in range(n)]
-
-    def _place(self, rng, radii, far, clear=False, pos=None, start=0):
-        """Centres keeping the bounding circles (radii) inside the image, 1.5 px apart, and
-        objects 0 and 1 at least `far` apart; with `clear`, each object the caption places
-        (1 against 0, later ones against 1) lies clearly to one side; None if they do not fit.
-        With `pos`, its first `start` centres are already placed and kept."""
-        side = self.image_size
-        pos = np.zeros((len(radii), 2)) if pos is None else pos
-        for i in range(start, len(radii)):
-            r = radii[i]
-            cand = rng.uniform(r + 0.5, side - r - 0.5, (32, 2))  # 32 tries at once
-            ok = np.ones(len(cand), dtype=bool)
-            for j in range(i):
-                need = max(r + radii[j] + 1.5, far if i == 1 else 0.0)
-                ok &= np.hypot(*(cand - pos[j]).T) >= need
-            if clear and i >= 1:
-                off = np.abs(cand - pos[0 if i == 1 else 1])  # (32, 2)
-                ok &= off.max(axis=1) >= _CLEAR * off.min(axis=1)
-            if not ok.any():
-                return None
-            pos[i] = cand[int(ok.argmax())]  # the first candidate that fits
-        return pos
-
-    def _place_at_distance(self, rng, radii):
-        """Centres as `_place`, with objects 0 and 1 at a distance within self.distance: object 1
-        is put at a drawn distance and angle from object 0 (many pairs tried at once); None if
-        no pair fits."""
-        side, pos = self.image_size, np.zeros((len(radii), 2))
-        lo, hi = self.distance[0] * side, self.distance[1] * side
-        r0, r1 = radii[0], radii[1]
-        for _ in range(16):  # 16 x 64 pairs
-            p0 = rng.uniform(r0 + 0.5, side - r0 - 0.5, (64, 2))
-            d = rng.uniform(lo, hi, 64)
-            angle = rng.uniform(0.0, 2 * np.pi, 64)
-            p1 = p0 + d[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)  # (64, 2)
-            ok = (d >= r0 + r1 + 1.5) & np.all((p1 >= r1 + 0.5) & (p1 <= side - r1 - 0.5), 1)
-            if ok.any():
-                k = int(ok.argmax())
-                pos[0], pos[1] = p0[k], p1[k]
-                break
-        else:
-            return None
-        return self._place(rng, radii, 0.0, pos=pos, start=2)  # distractors: anywhere clear
 
     def label_of(self, objects: list[Obj]) -> int:
         if self.task == "shape":
