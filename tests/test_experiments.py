@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from curve_checks import check_compute_curve
 from procs import alive, descendants
 
 from mmtx.data import build_dataset
@@ -64,6 +65,18 @@ def test_quick_experiment_writes_report_results_and_plots(finished):
             assert key in r, key
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["params"] > 0 and r["flops"] > 0
         assert sum(map(sum, r["confusion"])) == len(test_set)  # every test image counted once
+
+
+def test_quick_report_has_a_compute_curve_with_flops(finished):
+    out, res, _ = finished
+    (panel,) = check_compute_curve(out, ["shapes"])
+    # the full-data runs: two seeds of each model, evaluated at steps 3 and 6 of 32 images
+    assert set(panel["curves"]) == {"cnn", "vit", "cct"}
+    assert all(c["seeds"] == 2 and c["x"] == [96, 192] for c in panel["curves"].values())
+    flops = {r["model"]: r["flops"] for r in res["runs"]}
+    assert panel["flops_per_image"] == flops and len(panel["crossovers_by_flops"]) == 3
+    report = (out / "report.md").read_text()
+    assert report.count("by training FLOPs: ") == 3
 
 
 def test_progress_with_two_workers_is_one_line_per_run(finished):
@@ -128,6 +141,10 @@ def test_rnn_vs_transformer_quick_end_to_end(tmp_path, request):
         assert f"{100 * r['test_accuracy']:.1f}%" in report
     for name in ("rnn_vs_transformer.png", "apple_probe.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 0
+    # evaluated after each of 3 steps of 16 sequences; no FLOPs panel (none counted)
+    panels = check_compute_curve(tmp_path, ["recall at distance 2", "recall at distance 4"])
+    assert all(c["x"] == [16, 32, 48] for p in panels for c in p["curves"].values())
+    assert "by training FLOPs" not in report
 
     request.getfixturevalue("no_training")
     again = run_experiment(RNN_QUICK, tmp_path)
@@ -309,6 +326,13 @@ def test_vision_language_quick_end_to_end(tmp_path, request):
     assert "## Runs" in report and "| captioner | " in report.split("## Runs")[1]
     for name in ("foils.png", "attention_captioner.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 0
+    # the captioner alone measures exact captions: one curve, no pair to compare
+    cap, clip = json.loads((tmp_path / "results.json").read_text())["compute_curves"]
+    assert cap["title"] == "captioning: exact" and list(cap["curves"]) == ["captioner"]
+    assert cap["curves"]["captioner"]["x"] == [32, 64] and not cap["crossovers"]
+    assert "- captioning: exact (val/exact, higher is better):\n  - only captioner has a curve" \
+        in report
+    check_compute_curve(tmp_path, ["captioning: exact", "contrastive: image_to_text_R@1"])
 
     request.getfixturevalue("no_training")
     assert run_experiment(EXPERIMENTS / "vision_language_quick.yaml", tmp_path)["runs"] == \

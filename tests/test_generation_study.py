@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from curve_checks import check_compute_curve
 
 from mmtx import create_model
 from mmtx.data import ShapesDataset
@@ -69,6 +70,18 @@ def test_quick_study_writes_report_results_grids_and_plots(finished):
                  "dit cond_acc shape", "MISSED by", "receptive field is 83 px",
                  "![fd_vs_step.png]", "grids/text_hybrid.png"):
         assert text in report, text
+
+
+def test_quick_study_draws_its_compute_curve(finished):
+    out, res = finished
+    panels = check_compute_curve(out, ["class: cond_acc_shape", "consistency: consistency",
+                                       "text: cond_acc_shape"])
+    flops = json.loads((out / "results.json").read_text())["flops"]
+    for meas, panel in zip(("class", "consistency", "text"), panels):
+        # evaluated at steps 2 and 4 of 16 images; FLOPs per image as checked before training
+        assert {k: c["x"] for k, c in panel["curves"].items()} == {
+            m: [32, 64] for m in ("cnn", "dit", "hybrid")}
+        assert panel["flops_per_image"] == flops[meas]
 
 
 def test_second_run_reads_every_run_back(finished, monkeypatch):

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from curve_checks import check_compute_curve
 
 from mmtx.experiments import run_experiment
 from mmtx.experiments.registry import load
@@ -49,6 +50,15 @@ def test_quick_study_writes_report_results_and_figures(finished):
     for m in summary.values():  # the report's means are the runs' means
         accs = [r["band_accuracy"]["far"] for r in runs if r["model"] == m["model"]]
         assert m["far"][0] == pytest.approx(sum(accs) / len(accs))
+
+
+def test_quick_study_draws_its_compute_curve(finished):
+    out, res = finished
+    (panel,) = check_compute_curve(out, ["same/different at the training distances"])
+    # two seeds a model, evaluated at steps 2 and 4 of 32 images
+    assert {k: (c["seeds"], c["x"]) for k, c in panel["curves"].items()} == {
+        m: (2, [64, 128]) for m in ("cnn", "cnn_whole_rf", "vit", "cct")}
+    assert panel["flops_per_image"] == {r["model"]: r["flops"] for r in res["runs"]}
 
 
 def test_second_run_reads_every_run_back(finished, monkeypatch):

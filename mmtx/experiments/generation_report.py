@@ -172,8 +172,8 @@ def target_lines(spec, rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_study_report(spec, results: list[dict], flops: dict,
-                       out: Path) -> str:
+def write_study_report(spec, results: list[dict], flops: dict, out: Path,
+                       curves=None) -> str:
     rows = summarize_runs(spec, results)
     table = format_table(rows)
     flop_lines = []
@@ -222,5 +222,6 @@ def write_study_report(spec, results: list[dict], flops: dict,
            "## Target", "", *(target_lines(spec, rows) or ["- no DiT in this study"]), ""]
     write_report(out, title=spec.name, description=spec.description, sections=md,
                  results={"experiment": spec.name, "description": spec.description,
-                          "flops": flops, "runs": results, "summary": rows}, table=table)
+                          "flops": flops, "runs": results, "summary": rows}, table=table,
+                 curves=curves)
     return table

@@ -32,11 +32,14 @@ from ..diffusion.guidance import check_cfg_scale
 from .generation_report import pct, write_study_report
 from .pool import is_main_process
 from .registry import register_kind
-from .report import read_curve
+from .report import Panel, read_curve
 from .runs import Run, Spec, merge, train_runs
 
 MEASUREMENTS = ("class", "consistency", "text")
 ROLES = ("cnn", "dit", "hybrid")
+# each measurement's compute curve: the runs' own judged evaluations (the class and the
+# one-object caption prompts name a shape; the twins condition names neither)
+CURVE_METRIC = {"class": "cond_acc_shape", "consistency": "consistency", "text": "cond_acc_shape"}
 
 
 @dataclass
@@ -305,5 +308,9 @@ def run_generation_study(spec: GenStudySpec, out: Path) -> dict:
 
     results = train_runs(spec, out, runs, describe=describe)
     if is_main_process():
-        write_study_report(spec, results, flops, out)
+        curves = [Panel(f"{meas}: {CURVE_METRIC[meas]}", f"val/{CURVE_METRIC[meas]}",
+                        runs=[(m["label"], out / "runs" / _run_id(meas, m["label"]),
+                               flops[meas][m["label"]]) for m in spec.models])
+                  for meas in MEASUREMENTS if meas in spec.measurements]
+        write_study_report(spec, results, flops, out, curves)
     return {"experiment": spec.name, "out_dir": str(out), "runs": results}

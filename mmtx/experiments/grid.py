@@ -18,7 +18,7 @@ import torch
 from ..keys import check_keys
 from .pool import is_main_process
 from .registry import register_kind
-from .report import check_targets, human, mean_std, read_curve, write_report
+from .report import Panel, check_targets, human, mean_std, read_curve, write_report
 from .runs import Run, Spec, train_runs
 from .spec import load_spec
 
@@ -270,8 +270,21 @@ def write_grid_report(exp: Experiment, results: list[dict], out: Path) -> str:
     sections += _figures(results, rows, out)
     write_report(out, title=exp.name, description=exp.description, sections=sections,
                  results={"experiment": exp.name, "description": exp.description,
-                          "runs": results, "summary": rows}, table=table)
+                          "runs": results, "summary": rows}, table=table,
+                 curves=curve_panels(exp, results, out))
     return table
+
+
+def curve_panels(exp: Experiment, results: list[dict], out: Path) -> list[Panel]:
+    """Validation accuracy against images seen, per dataset, of the full-data runs (`results`
+    in the order of `exp.runs`)."""
+    full = max(r.fraction for r in exp.runs)
+    panels: dict[str, Panel] = {}
+    for run, r in zip(exp.runs, results):
+        if run.fraction == full:
+            panel = panels.setdefault(run.dataset, Panel(run.dataset, "val/acc"))
+            panel.runs.append((run.label, Path(out) / "runs" / run.run_id, r["flops"]))
+    return list(panels.values())
 
 
 @register_kind("grid", GridSpec)

@@ -25,7 +25,15 @@ import torch
 
 from .pool import is_main_process
 from .registry import register_kind
-from .report import check_targets, human, markdown_table, mean_std, read_curve, write_report
+from .report import (
+    Panel,
+    check_targets,
+    human,
+    markdown_table,
+    mean_std,
+    read_curve,
+    write_report,
+)
 from .runs import Run, Spec, train_runs
 
 DEFAULT_BANDS = {"near": [0.35, 0.45], "mid": [0.45, 0.60], "far": [0.60, 0.85]}
@@ -367,7 +375,10 @@ def write_relation_report(spec: RelationSpec, results: list[dict], out: Path) ->
                           "bands": spec.bands, "runs": results,
                           "summary": [{**r, **{b: list(r[b]) for b in spec.bands},
                                        "val_accuracy": list(r["val_accuracy"])} for r in rows]},
-                 table=table)
+                 table=table, curves=[Panel(
+                     "same/different at the training distances", "val/acc", runs=[
+                         (r["model"], out / "runs" / _run_id(r["model"], r["seed"]), r["flops"])
+                         for r in results])])
     return table
 
 

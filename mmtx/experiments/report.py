@@ -3,11 +3,12 @@ directory, the table printed to the console, and target checks stated plainly.""
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
+from ..io import write_text
 from .cache import write_json
+from .curves import Panel, compute_curves, read_curve  # noqa: F401  read_curve: kinds import it here
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -50,28 +51,21 @@ def check_targets(values: dict[str, tuple[str, float]], targets: dict, what: str
 
 
 def write_report(out: Path, *, title: str, description: str, sections: list[str],
-                 results: dict, table: str | None = None) -> Path:
+                 results: dict, table: str | None = None,
+                 curves: list[Panel] | None = None) -> Path:
     """results.json and report.md (atomic writes), then the table and the report's path on the
-    console. `sections` are Markdown blocks in order (figures already saved under `out`)."""
+    console. `sections` are Markdown blocks in order (figures already saved under `out`);
+    `curves`: the study's compute curves (mmtx.experiments.curves), drawn to
+    compute_curve.png and stated after the sections, their numbers in results.json."""
     out = Path(out)
+    if curves:
+        drawn = compute_curves(out, curves)
+        sections = [*sections, *drawn["md"]]
+        results = {**results, "compute_curves": drawn["results"]}
     write_json(out / "results.json", results)
     md = [f"# {title}", "", (description or "").strip(), "", *sections]
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(md).rstrip() + "\n")
-    tmp.replace(out / "report.md")
+    write_text(out / "report.md", "\n".join(md).rstrip() + "\n")
     if table:
         print(table)
     print(f"\nreport: {out / 'report.md'}", flush=True)
     return out / "report.md"
-
-
-def read_curve(metrics_path: Path, key: str) -> list[dict]:
-    """`key`'s points in a run's metrics.jsonl: [{"step", "wall_s", "value"}]."""
-    points = []
-    if Path(metrics_path).exists():
-        for line in Path(metrics_path).read_text().splitlines():
-            row = json.loads(line)
-            if key in row:
-                points.append({"step": row["step"], "wall_s": row.get("time/train_s", 0.0),
-                               "value": row[key]})
-    return points

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import cache
 from .pool import is_main_process
 from .registry import register_kind
-from .report import write_report
+from .report import Panel, write_report
 from .runs import Run, Spec, train_runs
 
 
@@ -228,11 +228,13 @@ def _plots(acc_rows, step_rows, out: Path) -> None:
 @register_kind("rnn_vs_transformer", RnnVsTransformerSpec)
 def run_rnn_vs_transformer(spec: RnnVsTransformerSpec, out: Path) -> dict:
     seeds = list(spec.seeds)
-    runs = []
+    runs, curves = [], []  # curves: validation accuracy against sequences seen, per distance
     for d in spec.distances:
+        curves.append(Panel(f"recall at distance {d}", "val/acc", what="sequences"))
         for m in spec.models:
             for seed in seeds:
                 run_id = f"{m['label']}-d{d}-s{seed}"
+                curves[-1].runs.append((m["label"], out / "runs" / run_id, None))
                 cfg = spec.config(m, run_id, data={"name": "recall", "args": {"distance": int(d)}},
                                   task={"name": "text_classification"}, train={"seed": seed})
                 runs.append(Run(f"{m['label']} distance {d} seed {seed}", run_id, cfg,
@@ -294,5 +296,5 @@ def run_rnn_vs_transformer(spec: RnnVsTransformerSpec, out: Path) -> dict:
     results = {"experiment": spec.name, "recall": acc_rows, "time_per_step": step_rows,
                "probe": probe}
     write_report(out, title=spec.name, description=spec.description, sections=md,
-                 results=results, table="\n".join(md[:len(spec.distances) + 4]))
+                 results=results, table="\n".join(md[:len(spec.distances) + 4]), curves=curves)
     return {**results, "out_dir": str(out)}

@@ -23,10 +23,13 @@ import torch
 
 from .pool import is_main_process
 from .registry import register_kind
-from .report import check_targets, markdown_table, write_report
+from .report import Panel, check_targets, markdown_table, write_report
 from .runs import Run, Spec, train_runs
 
 FOIL_KINDS = ("swap_attributes", "swap_objects", "reverse_relation")
+# the compute curve of each task: what its evaluations during training measure (the foil tests
+# run once, after training)
+CURVE_METRIC = {"captioning": "exact", "contrastive": "image_to_text_R@1"}
 
 
 @dataclass
@@ -266,6 +269,12 @@ def run_vision_language(spec: VLSpec, out: Path) -> dict:
         if (out / f"attention_{r['model']}.png").exists():
             sections += [f"## Where the {r['model']} looks for each word", "",
                          f"![attention](attention_{r['model']}.png)", ""]
+    curves = {}  # per task its own main metric: the captioner and the CLIPs measure apart
+    for m in spec.models:
+        metric = CURVE_METRIC[m["task"]]
+        curves.setdefault(metric, Panel(f"{m['task']}: {metric}", f"val/{metric}")).runs.append(
+            (m["label"], out / "runs" / m["label"], None))
     write_report(out, title=spec.name, description=spec.description, sections=sections,
-                 results={"experiment": spec.name, "runs": results}, table=table)
+                 results={"experiment": spec.name, "runs": results}, table=table,
+                 curves=list(curves.values()))
     return {"experiment": spec.name, "out_dir": str(out), "runs": results}

@@ -1,8 +1,9 @@
 """Report figures (matplotlib, PNG): learning curves, data efficiency, confusion matrices,
-a generation run's judged accuracy against training time."""
+a generation run's judged accuracy against training time, a study's compute curves."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -126,3 +127,49 @@ def plot_cond_acc(metrics_path, out, title: str | None = None) -> Path | None:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+def si(n: float) -> str:
+    """A count with an SI suffix: 38400 -> 38.4k; 1.2e6 -> 1.2M; 3.1e12 -> 3.1T."""
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def plot_compute_curves(panels: list[dict | None], path, ncols: int = 1) -> Path:
+    """Compute curves: each panel {"title", "xlabel", "ylabel", "curves": {label: {"x",
+    "mean", "lo", "hi", "seeds"}}, "marks": [{"x", "text"}]} on a log-x axis, panels left to
+    right then down (None: an empty slot). A mark is a dotted vertical line at a crossover;
+    with several seeds the band spans the lowest to the highest seed."""
+    nrows = max(1, -(-len(panels) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 3.8 * nrows), squeeze=False)
+    labels = list(dict.fromkeys(k for p in panels if p for k in p["curves"]))
+    colour = {k: f"C{i}" for i, k in enumerate(labels)}  # one colour per model in every panel
+    for ax, p in itertools.zip_longest(axes.flat, panels):
+        if not p:
+            ax.axis("off")
+            continue
+        for label, c in p["curves"].items():
+            n = c.get("seeds", 1)
+            ax.plot(c["x"], c["mean"], "o-", ms=3, color=colour[label],
+                    label=f"{label} (mean of {n} seeds)" if n > 1 else label)
+            if n > 1:
+                ax.fill_between(c["x"], c["lo"], c["hi"], color=colour[label], alpha=0.2, lw=0)
+        at: dict[float, list[str]] = {}  # crossovers at one budget share a line
+        for m in p.get("marks", []):
+            at.setdefault(m["x"], []).append(m["text"])
+        for x, texts in at.items():
+            ax.axvline(x, color="black", ls=":", lw=1)
+            ax.annotate("; ".join(texts), (x, 0.98), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=7)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: si(v)))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set(xlabel=p["xlabel"], ylabel=p["ylabel"], title=p["title"])
+        ax.grid(alpha=0.3, which="both")
+        if p["curves"]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
