@@ -31,6 +31,12 @@ def test_no_crossover_when_one_model_leads_at_every_budget():
     assert sentence(c) == "no crossover: cnn leads vit at every evaluated budget"
 
 
+def test_one_shared_budget_is_not_called_a_curve():
+    c = crossover("a", ([100], [0.5]), "b", ([100, 200], [0.4, 0.9]))
+    assert (c["leader"], c["budgets"]) == ("a", 1)
+    assert sentence(c) == "a leads b at the only budget both evaluated"
+
+
 def test_lower_is_better_flips_the_leader():
     fd_a, fd_b = [50, 40, 30, 20, 10], [45, 42, 35, 25, 15]
     c = crossover("a", (X, fd_a), "b", (X, fd_b), higher_better=False)
@@ -130,3 +136,18 @@ def test_section_draws_one_png_and_states_crossovers(tmp_path):
     entry = got["results"][0]
     assert entry["curves"]["cnn"]["seeds"] == 2
     assert entry["curves"]["cnn"]["mean"] == pytest.approx([0.505, 0.605, 0.705, 0.805])
+
+
+def test_a_run_without_evaluations_or_files_loses_its_curve_not_the_report(tmp_path):
+    a = _run(tmp_path, "a", [{"step": s, "val/acc": 0.1 * s} for s in (1, 2)])
+    b = _run(tmp_path, "b", [{"step": 2, "test/acc": 0.5}])  # no validation split
+    c = tmp_path / "c"  # killed before it finished: no summary.json
+    c.mkdir()
+    got = compute_curves(tmp_path, [Panel("p", "val/acc", True, [("a", a, None), ("b", b, None),
+                                                                   ("c", c, None)])])
+    text = "\n".join(got["md"])
+    assert "  - only a has a curve of val/acc." in text
+    assert "  - no curve for b, c: no evaluation of val/acc logged" in text
+    assert "  - not read: c: " in text and "summary.json: not found" in text
+    assert list(got["results"][0]["curves"]) == ["a"]
+    assert (tmp_path / "compute_curve.png").stat().st_size > 0

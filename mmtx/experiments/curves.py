@@ -132,6 +132,8 @@ def sentence(c: dict, budget: str = "images") -> str:
     if c["leader"] is None:
         return (f"no one stays ahead: {a} and {b} are tied at the largest evaluated budget "
                 f"({si(c['tied_at'])} {budget})")
+    if c["budgets"] == 1:  # one shared evaluation (e.g. train.eval_every 0): a point, no curve
+        return f"{c['leader']} leads {c['other']} at the only budget both evaluated"
     if c["at"] is None:
         return f"no crossover: {c['leader']} leads {c['other']} at every evaluated budget"
     more = f" (after {c['lead_changes'] - 1} earlier lead change(s))" \
@@ -149,8 +151,14 @@ def compute_curves(out: Path, panels: list[Panel], name: str = "compute_curve.pn
     for p in panels:
         by_label: dict[str, list] = {}
         flops: dict[str, float | None] = {}
+        unread = []  # a run whose files cannot be read loses its curve, not the study's report
         for label, run_dir, f in p.runs:
-            by_label.setdefault(label, []).append(read_points(run_dir, p.metric))
+            try:
+                points = read_points(run_dir, p.metric)
+            except (OSError, ValueError) as e:
+                unread.append(f"{label}: {e}")
+                points = []
+            by_label.setdefault(label, []).append(points)
             flops[label] = f
         curves = {k: c for k, v in by_label.items() if (c := mean_curve([s for s in v if s]))}
         images = {k: (c["x"], c["mean"]) for k, c in curves.items()}
@@ -164,10 +172,12 @@ def compute_curves(out: Path, panels: list[Panel], name: str = "compute_curve.pn
                       "marks": [{"x": c["at"], "text": f"{c['leader']} > {c['other']}"}
                                 for c in cross if c["at"] is not None]})
         lines = [sentence(c, p.what) for c in cross] if len(curves) > 1 else \
-            [f"only {next(iter(curves), 'no model')} has a curve of {p.metric}"]
+            [f"only {next(iter(curves))} has a curve of {p.metric}"] if curves else []
         missing = sorted(set(by_label) - set(curves))
         if missing:
-            lines.append(f"no evaluation of {p.metric} for {', '.join(missing)}")
+            lines.append(f"no curve for {', '.join(missing)}: no evaluation of {p.metric} "
+                         f"logged at a budget every seed shares")
+        lines += [f"not read: {u}" for u in unread]
         if with_flops:
             known = {k: c for k, c in curves.items() if flops.get(k)}
             per_flop = {k: {**c, "x": [TRAIN_FLOPS_PER_FORWARD * flops[k] * x for x in c["x"]]}
