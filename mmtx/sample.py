@@ -54,7 +54,7 @@ def class_ids(task, names: list[str]) -> list[int]:
     for name in names:
         key = str(name).strip()
         if key not in task.class_names:
-            raise ValueError(f"unknown class {name!r}; valid classes: "
+            raise ValueError(f"--class: unknown class {name!r}; valid classes: "
                              f"{', '.join(task.class_names)}")
         ids.append(task.class_names.index(key))
     return ids

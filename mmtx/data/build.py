@@ -28,12 +28,11 @@ def _shapes(split, root, download, transform, image_size, kwargs):
 
 
 def _digits(split, root, download, transform, image_size, kwargs):
-    _check_kwargs("digits", DigitsDataset, kwargs, exclude=("split", "transform"))
-    if image_size not in (None, 8) and transform is None:
-        transform = build_transforms("digits", "none", image_size, train=False)
-    ds = DigitsDataset(split=split, transform=transform)
-    ds.image_size = int(image_size or 8)
-    return ds
+    # Upscaled once at load (DigitsDataset), not per item; an augmenting transform's Resize
+    # then sees images of its own size already.
+    _check_kwargs("digits", DigitsDataset, kwargs, exclude=("split", "transform", "image_size"))
+    return DigitsDataset(split=split, transform=transform, image_size=int(image_size or 8),
+                         **kwargs)
 
 
 def _torchvision(name):

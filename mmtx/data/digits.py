@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .base import check_split, stratified_split
@@ -25,25 +26,43 @@ def _load_digits():
     return load_digits()
 
 
-class DigitsDataset(Dataset):
-    """Items: `image` (1, 8, 8) float (0..16 scaled to [0, 1], then normalised), `label` int.
+NORMALIZE = ("stats", "symmetric")
 
-    transform: applied to the [0, 1] float image tensor (1, 8, 8) instead of the default
+
+class DigitsDataset(Dataset):
+    """Items: `image` (1, S, S) float (0..16 scaled to [0, 1], then normalised), `label` int.
+
+    image_size: side S; the 8 x 8 originals are upscaled once, at load (bilinear, as
+        build_transforms' Resize does). normalize: "stats" (the train split's mean and std,
+        what classifiers read) or "symmetric" ([0, 1] -> [-1, 1], what generators sample and
+        the digits judge reads).
+    transform: applied to the [0, 1] float image tensor (1, S, S) instead of the default
     normalisation (build_transforms("digits", ...) gives pipelines that normalise).
     """
 
-    def __init__(self, split: str = "train", transform=None):
+    def __init__(self, split: str = "train", transform=None, image_size: int = 8,
+                 normalize: str = "stats"):
         self.split = check_split(split)
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size: expected an int >= 1, got {image_size!r}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize: expected one of {', '.join(NORMALIZE)}, "
+                             f"got {normalize!r}")
         digits = _load_digits()
         index = stratified_split(digits.target, SPLIT_FRACTIONS, seed=SPLIT_SEED)[split]
         images = torch.from_numpy(digits.images[index]).float().div_(16.0)  # (N, 8, 8) in [0, 1]
-        self.images = images.unsqueeze(1)  # (N, 1, 8, 8)
+        images = images.unsqueeze(1)  # (N, 1, 8, 8)
+        if image_size != 8:
+            images = F.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                                   antialias=True, align_corners=False).clamp_(0, 1)
+        self.images = images  # (N, 1, S, S)
         self._labels = [int(t) for t in digits.target[index]]
         self.source_indices = index  # rows of load_digits(), for checking disjointness
         self.transform = transform
         stats = STATS["digits"]
-        self.mean, self.std = stats.mean, stats.std
-        self.num_classes, self.in_chans, self.image_size = 10, 1, 8
+        self.normalize = normalize
+        self.mean, self.std = (stats.mean, stats.std) if normalize == "stats" else ((0.5,), (0.5,))
+        self.num_classes, self.in_chans, self.image_size = 10, 1, image_size
         self.class_names = [str(d) for d in range(10)]
 
     @property

@@ -1,26 +1,29 @@
-"""The judge of generated shapes images: a small CNN, trained on real images only, that reads
-each object's shape, colour and size.
+"""The judge of generated images: a small CNN, trained on real images only, that reads each
+shapes object's shape, colour and size, or a digit's class (scikit-learn's digits, upscaled).
 
 It is independent of every generator in mmtx: its own plain PyTorch layers (no mmtx.layers, no
-mmtx.models), trained by its own loop on real `ShapesDataset` images, never on generated ones.
-Two measures come from it:
+mmtx.models), trained by its own loop on real `ShapesDataset` / `DigitsDataset` images (the
+digits' train split), never on generated ones. Two measures come from it:
 
 - `cond_acc_<attribute>`: the fraction of generated images whose shape / colour / size the judge
   reads as the one asked for (`predict`), next to the judge's own accuracy on real test images,
   the ceiling (`Judge.ceiling`);
-- `fd_shapes`: the Frechet distance between judge features (`features`, the penultimate layer) of
-  generated and real images (mmtx.eval.generation.frechet_report). It is not FID.
+- `fd_shapes` (`fd_digits`): the Frechet distance between judge features (`features`, the
+  penultimate layer) of generated and real images (mmtx.eval.generation.frechet_report). It is
+  not FID.
 
     judge = load_judge(ShapesDataset(task="shape_colour"))   # trains once, then cached
     judge.predict(images)        # {"shape": (B, 6), "colour": (B, 8), "size": (B, 2)} logits
     judge.features(images)       # (B, 128)
     judge.ceiling                # {"shape": 1.0, "colour": 1.0, "size": 0.99...} on real test
+    digits = load_judge({"data": "digits", "image_size": 16})   # one head: "class" ("0".."9")
 
 A judge is trained once per data configuration (image size, shapes, colours, jitter, noise,
-clutter, background) and training recipe, and cached as
+clutter, background; for digits the image size) and training recipe, and cached as
 $MMTX_CACHE/judges/<config hash>.safetensors (default ~/.cache/mmtx/judges/), written atomically;
 its configuration and ceiling travel in the file's metadata. Images are in [-1, 1] (the shapes
-dataset's normalisation); inputs are clamped to it, as saving them as PNG would.
+dataset's normalisation, and the digits' with normalize="symmetric"); inputs are clamped to it,
+as saving them as PNG would.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..data.digits import DigitsDataset
 from ..data.render import COLOURS, SHAPES
 from ..data.shapes import ShapesDataset
 from ..io import atomic_path
@@ -49,6 +53,15 @@ SIZES = ("small", "large")
 VERSION = 1  # bump when the architecture or the training loop changes: new cache key
 # What a shapes image looks like depends on these dataset options; the judge's key holds them.
 DATA_KEYS = ("image_size", "shapes", "colours", "colour_jitter", "noise", "clutter", "background")
+DIGITS_KEYS = ("data", "image_size")  # a digits judge's key: the data's name and the side
+DATA = ("shapes", "digits")
+
+
+def judged_data(dataset):
+    """The ShapesDataset or DigitsDataset behind `dataset` (itself or a subset's base): the
+    data a judge can be trained for; None for other data."""
+    base = getattr(dataset, "base", dataset)
+    return base if isinstance(base, (ShapesDataset, DigitsDataset)) else None
 
 
 def default_cache_dir() -> Path:
@@ -56,11 +69,31 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MMTX_CACHE", "~/.cache/mmtx")).expanduser() / "judges"
 
 
+def _digits_config(dataset, overrides: dict) -> dict:
+    check_keys(overrides, DIGITS_KEYS, "judge data option", of="digits")
+    if dataset is not None and dataset.normalize != "symmetric":
+        raise ValueError(f"data.args.normalize: the digits judge reads images in [-1, 1]; "
+                         f"expected 'symmetric', got {dataset.normalize!r}")
+    size = overrides.get("image_size", 8 if dataset is None else dataset.image_size)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 4:
+        raise ValueError(f"image_size: expected an int >= 4 for the digits judge, got {size!r}")
+    return {"data": "digits", "image_size": int(size)}
+
+
 def judge_data_config(dataset=None, **overrides) -> dict:
-    """The image options a judge is trained for, from a ShapesDataset (or a subset of one) and
-    overrides; without a dataset, the shapes defaults."""
+    """The image options a judge is trained for, from a ShapesDataset or DigitsDataset (or a
+    subset of one) and overrides; without a dataset, the shapes defaults, or with
+    data="digits" the digits at `image_size` (default 8). A shapes configuration carries no
+    "data" key (its cache key is unchanged since the judge judged shapes only)."""
+    data = overrides.pop("data", "shapes")
+    if data not in DATA:
+        raise ValueError(f"data: expected one of {', '.join(DATA)}, got {data!r}")
+    base = getattr(dataset, "base", dataset)
+    if isinstance(base, DigitsDataset) or (dataset is None and data == "digits"):
+        return _digits_config(base, overrides)
     if dataset is not None and not all(hasattr(dataset, k) for k in DATA_KEYS):
-        raise ValueError(f"dataset: expected a ShapesDataset (or a subset of one) with "
+        raise ValueError(f"dataset: expected a DigitsDataset, or a ShapesDataset (or a subset "
+                         f"of one) with "
                          f"{', '.join(DATA_KEYS)}, got {type(dataset).__name__}")
     cfg = {"image_size": 32, "shapes": list(SHAPES), "colours": list(COLOURS),
            "colour_jitter": 0.05, "noise": 0.0, "clutter": 0, "background": [0.0, 0.0, 0.0]}
@@ -80,21 +113,32 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+def judge_names(config: dict) -> dict[str, list[str]]:
+    """{attribute: class names} the judge of `config` (judge_data_config) reads."""
+    if config.get("data") == "digits":
+        return {"class": [str(d) for d in range(10)]}
+    return {"shape": list(config["shapes"]), "colour": list(config["colours"]),
+            "size": list(SIZES)}
+
+
 class Judge(nn.Module):
     """A small CNN with one head per attribute; see the module docstring.
 
-    images (B, 3, H, W) in [-1, 1] -> a stride-2 conv stem and three convs (width, width,
-    2 width, 2 width channels; a max-pool between) -> mean and max over the (H/4, W/4) map ->
-    Linear + ReLU: the features (B, feature_dim) -> one Linear head per attribute. Mean and max
-    pooling both: the mean carries how much of the image an object covers (its size), the max
-    the sharpest local evidence (corners, points). Small on purpose: it trains in well under a
-    minute on a CPU and is still right on (nearly) every real test image.
+    names: {attribute: class names} (judge_names); default the shapes' shape, colour and size
+    from `shapes` and `colours`. images (B, in_chans, H, W) in [-1, 1] -> a stride-2 conv stem
+    and three convs (width, width, 2 width, 2 width channels; a max-pool between) -> mean and
+    max over the (H/4, W/4) map -> Linear + ReLU: the features (B, feature_dim) -> one Linear
+    head per attribute. Mean and max pooling both: the mean carries how much of the image an
+    object covers (its size), the max the sharpest local evidence (corners, points). Small on
+    purpose: it trains in well under a minute on a CPU and is still right on (nearly) every real
+    test image.
     """
 
     def __init__(self, shapes=SHAPES, colours=tuple(COLOURS), in_chans: int = 3, width: int = 32,
-                 feature_dim: int = 128):
+                 feature_dim: int = 128, names: dict[str, list[str]] | None = None):
         super().__init__()
-        self.names = {"shape": list(shapes), "colour": list(colours), "size": list(SIZES)}
+        self.names = ({a: list(n) for a, n in names.items()} if names is not None else
+                      {"shape": list(shapes), "colour": list(colours), "size": list(SIZES)})
         self.trunk = nn.Sequential(
             _conv(in_chans, width, stride=2), _conv(width, width),  # (B, w, H/2, W/2)
             nn.MaxPool2d(2), _conv(width, 2 * width), _conv(2 * width, 2 * width))  # H/4
@@ -112,8 +156,14 @@ class Judge(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    @classmethod
+    def for_config(cls, config: dict, width: int = 32) -> Judge:
+        """An untrained judge for `config` (judge_data_config): its heads and channels."""
+        return cls(names=judge_names(config), width=width,
+                   in_chans=1 if config.get("data") == "digits" else 3)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, feature_dim): the penultimate layer (for fd_shapes)."""
+        """(B, C, H, W) in [-1, 1] -> (B, feature_dim): the penultimate layer (for fd_*)."""
         if images.dim() != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
         h = self.trunk(images.float().clamp(-1, 1))  # (B, 2w, H/4, W/4)
@@ -121,7 +171,8 @@ class Judge(nn.Module):
         return F.relu(self.fc(pooled))
 
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) -> {"shape": (B, S), "colour": (B, C), "size": (B, 2)} logits."""
+        """(B, C, H, W) -> {attribute: (B, classes)} logits: shapes {"shape": (B, S),
+        "colour": (B, C), "size": (B, 2)}, digits {"class": (B, 10)}."""
         f = self.features(images)
         return {a: head(f) for a, head in self.heads.items()}
 
@@ -133,7 +184,8 @@ class Judge(nn.Module):
 
     def targets(self, objects) -> dict[str, torch.Tensor]:
         """Attribute dicts (an item's attributes["objects"][0], or {shape, colour, size} with
-        any subset of keys) -> {attribute: (N,) class ids}; unknown names are a ValueError."""
+        any subset of keys; digits {class}) -> {attribute: (N,) class ids}; unknown names are
+        a ValueError."""
         out = {}
         for attr, names in self.names.items():
             values = [o[attr] for o in objects if attr in o]
@@ -192,8 +244,13 @@ class _Heads(nn.Module):
 # ---- real data -------------------------------------------------------------------------------
 
 def real_images(config: dict, split: str, num_samples: int, seed: int = 0):
-    """(images (N, 3, H, W) float in [-1, 1], objects: list of attribute dicts) of one-object
-    real scenes drawn with the judge's data options."""
+    """(images (N, C, H, W) float in [-1, 1], objects: list of attribute dicts) of one-object
+    real scenes drawn with the judge's data options; for digits the first `num_samples` of the
+    split's real digits (at most the whole split: its split is fixed, `seed` plays no part)."""
+    if config.get("data") == "digits":
+        ds = DigitsDataset(split, image_size=config["image_size"], normalize="symmetric")
+        n = min(num_samples, len(ds))
+        return ds.images[:n] * 2 - 1, [{"class": str(y)} for y in ds.labels[:n]]  # (N, 1, S, S)
     ds = ShapesDataset(num_samples, image_size=config["image_size"], split=split, seed=seed,
                        task="shape", num_objects=1, shapes=config["shapes"],
                        colours=config["colours"], noise=config["noise"],
@@ -213,6 +270,14 @@ def real_images(config: dict, split: str, num_samples: int, seed: int = 0):
 
 TRAIN_DEFAULTS = {"train_samples": 4000, "test_samples": 2000, "epochs": 3, "batch_size": 64,
                   "lr": 3e-3, "width": 32, "seed": 0}
+# Digits: the whole train split (1,257 images; the sample counts cap at the split), so more
+# passes over fewer images; the ceiling is read on the whole test split (359).
+DIGITS_DEFAULTS = {**TRAIN_DEFAULTS, "train_samples": 1257, "test_samples": 359, "epochs": 30}
+
+
+def train_defaults(config: dict) -> dict:
+    """The training recipe load_judge uses for `config` where the caller gives none."""
+    return dict(DIGITS_DEFAULTS if config.get("data") == "digits" else TRAIN_DEFAULTS)
 
 
 def judge_key(config: dict, recipe: dict) -> str:
@@ -224,25 +289,27 @@ def train_judge(config: dict, *, train_samples: int = 4000, test_samples: int = 
                 epochs: int = 3, batch_size: int = 64, lr: float = 3e-3, width: int = 32,
                 seed: int = 0, progress: bool = True) -> Judge:
     """Train a judge on real images of `config` (judge_data_config); sets `judge.ceiling`, its
-    accuracy per attribute on `test_samples` real test images. Plain loop: AdamW, one-cycle lr,
-    cross-entropy summed over the heads, light pixel noise so slightly noisy samples read as
-    their clean originals."""
+    accuracy per attribute on `test_samples` real test images (digits: the test split). Plain
+    loop: AdamW, one-cycle lr, cross-entropy summed over the heads, light pixel noise so slightly
+    noisy samples read as their clean originals."""
     g = torch.Generator().manual_seed(seed)
     torch_state = torch.get_rng_state()
     torch.manual_seed(seed)  # the init; the caller's RNG is restored below
     try:
-        judge = Judge(config["shapes"], config["colours"], width=width)
+        judge = Judge.for_config(config, width=width)
     finally:
         torch.set_rng_state(torch_state)
     judge.config = dict(config)
     images, objects = real_images(config, "train", train_samples, seed=seed)
     targets = judge.targets(objects)
+    train_samples = len(images)  # digits: at most the split
     steps = epochs * (train_samples // batch_size)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
                                                 pct_start=0.15)
     judge.train()
-    bar = tqdm(total=steps, desc="training the shapes judge", disable=not progress, leave=False)
+    what = config.get("data", "shapes")
+    bar = tqdm(total=steps, desc=f"training the {what} judge", disable=not progress, leave=False)
     # Callers may be inside no_grad or autocast (an engine's evaluation): train in fp32 with grad.
     with torch.enable_grad(), torch.autocast("cpu", enabled=False):
         for _ in range(epochs):
@@ -251,7 +318,7 @@ def train_judge(config: dict, *, train_samples: int = 4000, test_samples: int = 
                 idx = order[k * batch_size:(k + 1) * batch_size]
                 x = images[idx]
                 noisy = torch.rand(len(idx), 1, 1, 1, generator=g) < 0.5
-                x = x + noisy * 0.08 * torch.randn(x.shape, generator=g)  # (B, 3, H, W)
+                x = x + noisy * 0.08 * torch.randn(x.shape, generator=g)  # (B, C, H, W)
                 out = judge.predict(x)
                 loss = sum(F.cross_entropy(out[a], targets[a][idx]) for a in out)
                 opt.zero_grad(set_to_none=True)
@@ -264,7 +331,7 @@ def train_judge(config: dict, *, train_samples: int = 4000, test_samples: int = 
     judge.eval()
     test_images, test_objects = real_images(config, "test", test_samples, seed=seed)
     acc = judge.accuracy(test_images, judge.targets(test_objects))
-    judge.ceiling = {a: acc[a] for a in ATTRIBUTES}
+    judge.ceiling = {a: acc[a] for a in judge.names}
     return judge
 
 
@@ -292,8 +359,7 @@ def read_judge(path: str | Path) -> Judge:
     if "config" not in meta:
         raise ValueError(f"judge file {str(path)!r} has no judge metadata (config, ceiling)")
     config, recipe = json.loads(meta["config"]), json.loads(meta.get("recipe", "{}"))
-    judge = Judge(config["shapes"], config["colours"],
-                  width=recipe.get("width", TRAIN_DEFAULTS["width"]))
+    judge = Judge.for_config(config, width=recipe.get("width", TRAIN_DEFAULTS["width"]))
     judge.load_state_dict(load_file(str(path)))
     judge.config, judge.ceiling = config, json.loads(meta["ceiling"])
     return judge.eval()
@@ -301,18 +367,20 @@ def read_judge(path: str | Path) -> Judge:
 
 def load_judge(data=None, *, cache_dir: str | Path | None = None, progress: bool = True,
                **recipe) -> Judge:
-    """The judge for a shapes data configuration: read from the cache, or trained (seconds to a
-    minute on a CPU) and cached.
+    """The judge for a data configuration: read from the cache, or trained (seconds to a minute
+    on a CPU) and cached.
 
-    data: a ShapesDataset (or a subset of one), a dict of judge_data_config options, or None
-    (the shapes defaults at 32 px). cache_dir: default $MMTX_CACHE/judges or
+    data: a ShapesDataset or DigitsDataset (or a subset of one), a dict of judge_data_config
+    options ({"data": "digits", "image_size": 16} for digits), or None (the shapes defaults at
+    32 px). cache_dir: default $MMTX_CACHE/judges or
     ~/.cache/mmtx/judges. recipe: train_judge options (train_samples, test_samples, epochs,
-    batch_size, lr, width, seed); each is part of the cache key. `judge.from_cache` tells
+    batch_size, lr, width, seed; defaults per data: train_defaults); each is part of the cache
+    key. `judge.from_cache` tells
     whether it was read (True) or trained (False).
     """
     check_keys(recipe, TRAIN_DEFAULTS, "judge training option")
-    recipe = {**TRAIN_DEFAULTS, **recipe}
     config = judge_data_config(**data) if isinstance(data, dict) else judge_data_config(data)
+    recipe = {**train_defaults(config), **recipe}
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{judge_key(config, recipe)}.safetensors"
     if path.is_file():
@@ -323,7 +391,8 @@ def load_judge(data=None, *, cache_dir: str | Path | None = None, progress: bool
     judge = train_judge(config, progress=progress, **recipe)
     if progress:
         shown = ", ".join(f"{a} {v:.1%}" for a, v in judge.ceiling.items())
-        tqdm.write(f"shapes judge trained in {time.perf_counter() - tic:.0f} s; accuracy on "
-                   f"real test images: {shown}; cached at {path}")
+        tqdm.write(f"{config.get('data', 'shapes')} judge trained in "
+                   f"{time.perf_counter() - tic:.0f} s; accuracy on real test images: {shown}; "
+                   f"cached at {path}")
     save_judge(judge, path, recipe)
     return judge

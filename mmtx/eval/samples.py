@@ -1,14 +1,18 @@
-"""The judged-sample suite of a generation run on shapes data, and the run's generation.json.
+"""The judged-sample suite of a generation run on shapes or digits data, and generation.json.
 
 `SampleSuite` holds what judging generated images needs: the training scenes' options (a
-`ShapesDataset`), the reference images (the test split of those scenes), the judge (trained on
-real images only, mmtx.eval.judge) and what each image was asked to show. `judge_samples` takes
+`ShapesDataset`) or the training digits (a `DigitsDataset`, upscaled, in [-1, 1]), the
+reference images (the test split of that data), the judge (trained on real images only,
+mmtx.eval.judge) and what each image was asked to show. `judge_samples` takes
 a sampling function, so it knows nothing of models or tasks:
 
     suite = SampleSuite(ShapesDataset(task="shape_colour"), judge=True, seed=0)
     suite.judge_samples(lambda cond, n: sample_images(model, cond, n), 256, cond="class",
                         num_classes=48)
     # {"sample_s_per_image", "fd_shapes", "fd_shapes_floor", "cond_acc_shape", ...}
+    digits = SampleSuite(judge=True); digits.digits = DigitsDataset(image_size=16,
+                                                                    normalize="symmetric")
+    # ... judge_samples: {"fd_digits", "fd_digits_floor", "cond_acc_class", ...}
 
 `generation_spec` / `read_generation_spec` write and read back generation.json, what
 `mmtx sample` needs of a run beyond its model: image shape, classes, scenes, autoencoder.
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.digits import DigitsDataset
 from ..data.shapes import ShapesDataset
 
 # The ShapesDataset options that decide what the training scenes look like (generation.json).
@@ -34,20 +39,45 @@ def shapes_base(dataset) -> ShapesDataset | None:
     return base if isinstance(base, ShapesDataset) else None
 
 
+def digits_base(dataset) -> DigitsDataset | None:
+    """The DigitsDataset behind `dataset` (itself or a subset's base), else None."""
+    base = getattr(dataset, "base", dataset)
+    return base if isinstance(base, DigitsDataset) else None
+
+
 class SampleSuite:
     """Judged samples for a generation run: see the module docstring.
 
-    shapes: the training scenes (None: other data, nothing is judged but the sampling time);
-    judge: True, False or a dict of judge training options (mmtx.eval.judge.load_judge);
-    seed: of the Frechet distance's subsampling."""
+    shapes: the training scenes; digits: the training digits (normalize="symmetric"); with
+    neither (other data) nothing is judged but the sampling time. judge: True, False or a dict
+    of judge training options (mmtx.eval.judge.load_judge); seed: of the Frechet distance's
+    subsampling."""
 
     def __init__(self, shapes: ShapesDataset | None = None, judge=True,
-                 image_key: str = "image", seed: int = 0):
+                 image_key: str = "image", seed: int = 0, digits: DigitsDataset | None = None):
         self.shapes, self.judge_opts, self.image_key, self.seed = shapes, judge, image_key, seed
+        self.digits = digits
         self._judge, self._reference = None, None
 
-    def reference(self, num: int) -> ShapesDataset | None:
-        """The test split of the training scenes, `num` items (shapes data only)."""
+    @property
+    def data(self):
+        """The judged training data: the shapes scenes, else the digits, else None."""
+        return self.shapes if self.shapes is not None else self.digits
+
+    @property
+    def fd_name(self) -> str:
+        """The key of the Frechet distance on the judge's features: fd_shapes or fd_digits."""
+        return "fd_digits" if self.shapes is None and self.digits is not None else "fd_shapes"
+
+    def reference(self, num: int):
+        """The test split of the training data, `num` items (shapes; for digits the whole
+        test split, 359 images, whatever `num`)."""
+        if self.shapes is None and self.digits is not None:
+            if self._reference is None:
+                ds = self.digits
+                self._reference = DigitsDataset("test", image_size=ds.image_size,
+                                                normalize=ds.normalize)
+            return self._reference
         ds = self.shapes
         if ds is None:
             return None
@@ -60,13 +90,13 @@ class SampleSuite:
         return self._reference
 
     def judge(self):
-        """The shapes judge for these scenes and judge options (trained once, then cached);
-        None without shapes data or with judge: False."""
-        if self._judge is None and self.judge_opts and self.shapes is not None:
+        """The judge for this data and judge options (trained once, then cached); None
+        without shapes or digits data or with judge: False."""
+        if self._judge is None and self.judge_opts and self.data is not None:
             from .judge import load_judge
 
             opts = self.judge_opts if isinstance(self.judge_opts, dict) else {}
-            self._judge = load_judge(self.shapes, **opts)
+            self._judge = load_judge(self.data, **opts)
         return self._judge
 
     @property
@@ -78,6 +108,10 @@ class SampleSuite:
         """What each judged image was asked to show: {image index: {attribute: name}} (class
         conditions, or one-object captions)."""
         ds = self.shapes
+        if ds is None:  # digits: the class asked for, by name
+            if cond != "class" or self.digits is None:
+                return {}
+            return {i: {"class": self.digits.class_names[int(k)]} for i, k in enumerate(y)}
         if cond == "class":
             nc = len(ds.colours)
             per_task = {
@@ -101,14 +135,14 @@ class SampleSuite:
     def judge_samples(self, sample, n: int, cond: str, num_classes: int = 0,
                       encode=None) -> dict:
         """The measures on `n` images from `sample(condition, n)` (classes evenly, or the
-        first test captions through `encode(captions)`): fd_shapes and its floor, cond_acc per
-        attribute and its ceiling, sample_s_per_image, and on twins scenes consistency. Only
-        sample_s_per_image without a judge or shapes data."""
+        first test captions through `encode(captions)`): fd_shapes (fd_digits) and its floor,
+        cond_acc per attribute and its ceiling, sample_s_per_image, and on twins scenes
+        consistency. Only sample_s_per_image without a judge or judged data."""
         result = {}
         if n == 0:
             return result
         ref = self.reference(2 * n)
-        items = [ref[i] for i in range(n)] if ref is not None else []
+        items = [ref[i] for i in range(min(n, len(ref)))] if ref is not None else []
         if cond == "caption":
             if ref is None:
                 return result
@@ -127,10 +161,11 @@ class SampleSuite:
 
         real = torch.stack([ref[i][self.image_key] for i in range(len(ref))])
         with torch.autocast(fake.device.type, enabled=False):
-            fd = frechet_report(real, fake.cpu(), judge.feature_extractor(),
+            fd = frechet_report(real, fake.cpu(), judge.feature_extractor(), name=self.fd_name,
                                 generator=torch.Generator().manual_seed(self.seed))
         result.update(fd)
-        if self.shapes.task == "twins":  # do the two far-apart objects match?
+        # twins scenes: do the two far-apart objects match?
+        if self.shapes is not None and self.shapes.task == "twins":
             from .consistency import consistency
 
             bg = self.background

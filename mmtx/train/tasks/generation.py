@@ -11,8 +11,10 @@ Evaluation (`eval_generated`, on the model the engine passes: the EMA one when k
 - a grid of `grid` images from fixed noise and fixed conditions (the same seed every time, so
   grids are comparable across steps), saved as grid_step_XXXXXXXX.png and grid.png in the run
   directory and logged to W&B;
-- `eval_samples` more samples, judged by mmtx.eval.judge (shapes data only): `fd_shapes`
-  against real test images with its real-vs-real floor `fd_shapes_floor`, and `cond_acc_<attr>`
+- `eval_samples` more samples, judged by mmtx.eval.judge (shapes data, or digits with
+  normalize "symmetric"): `fd_shapes` (`fd_digits`) against real test images with its
+  real-vs-real floor `fd_shapes_floor` (`fd_digits_floor`), and `cond_acc_<attr>` (digits:
+  `cond_acc_class`)
   for each attribute the condition names, with the judge's accuracy on real test images as
   `cond_acc_<attr>_ceiling`; `sample_s_per_image`, the sampling time per image. On the
   "twins" shapes task also `consistency` (mmtx.eval.consistency: the fraction of samples whose
@@ -46,8 +48,10 @@ from ...diffusion.sampling import (
     create_sampler,
     generate,
 )
+from ...eval.judge import judge_data_config
 from ...eval.samples import (
     SampleSuite,
+    digits_base,
     generation_spec,
     read_generation_spec,
     shapes_base,
@@ -88,10 +92,12 @@ class GenerationTask(Task):
         sampler: euler | heun (flow) or ddim | ddpm (ddpm); default euler / ddim.
         sample_steps: sampler steps (default 20); cfg_scale: guidance at evaluation (3.0).
         grid: images in the fixed grid (default 16); grid_cols: per row (default ~sqrt).
+        grid_rows_by_class: class runs: one row per class (grid_cols images of each; grid
+            must be num_classes * grid_cols); default False, the classes in turn.
         eval_samples: samples judged per evaluation (fd_shapes, cond_acc; default 256).
         seed: of the grid's and the judged samples' noise (default 0).
-        judge: True (shapes data: judge the samples), False, or a dict of judge training
-            options (mmtx.eval.judge.load_judge: train_samples, epochs, ...).
+        judge: True (shapes or digits data: judge the samples), False, or a dict of judge
+            training options (mmtx.eval.judge.load_judge: train_samples, epochs, ...).
         vocab: caption tokenizer: "shapes" (the fixed shapes vocabulary) or a tokenizer JSON.
         max_caption_len: tokens per caption, bos and eos included (default 24).
         sample_batch_size: samples per sampler call (default 256).
@@ -116,7 +122,8 @@ class GenerationTask(Task):
                  eval_samples: int = 256, seed: int = 0, judge=True, vocab: str = "shapes",
                  max_caption_len: int = 24, sample_batch_size: int = 256,
                  prediction: str = "velocity", x0_t_min: float = 0.05,
-                 image_key: str = "image", vae: str | None = None, sample_shift: float = 1.0):
+                 image_key: str = "image", vae: str | None = None, sample_shift: float = 1.0,
+                 grid_rows_by_class: bool = False):
         if objective not in DEFAULT_SAMPLER:
             raise ValueError(f"task.args.objective: expected one of "
                              f"{', '.join(DEFAULT_SAMPLER)}, got {objective!r}")
@@ -163,6 +170,13 @@ class GenerationTask(Task):
         self.sample_steps = sample_steps
         self.cfg_scale = check_cfg_scale(cfg_scale, "task.args.cfg_scale")
         self.grid, self.grid_cols, self.eval_samples = grid, grid_cols, eval_samples
+        if not isinstance(grid_rows_by_class, bool):
+            raise ValueError(f"task.args.grid_rows_by_class: expected true or false, "
+                             f"got {grid_rows_by_class!r}")
+        if grid_rows_by_class and (cond != "class" or grid_cols is None):
+            raise ValueError("task.args.grid_rows_by_class needs cond 'class' and grid_cols "
+                             f"(images per class), got cond {cond!r}, grid_cols {grid_cols!r}")
+        self.grid_rows_by_class = grid_rows_by_class
         self.seed = int(seed)
         self.sample_batch_size, self.image_key = sample_batch_size, image_key
         self.max_caption_len = int(max_caption_len)
@@ -220,11 +234,18 @@ class GenerationTask(Task):
         check_fits(self.eval_samples, self.image_shape, "task.args.eval_samples")
         check_fits(self.grid, self.image_shape, "task.args.grid")
         check_grid(self.grid, self.image_shape, self.grid_cols, what="task.args.grid")
-        self.suite.shapes = shapes_base(dataset)
+        self.suite.shapes, self.suite.digits = shapes_base(dataset), digits_base(dataset)
+        if self.suite.judge_opts and self.suite.digits is not None:
+            judge_data_config(self.suite.digits)  # digits the judge cannot read: refused now
+            self.main_metric = self.suite.fd_name
         self._use_vae()
         self.num_classes = self._num_classes(dataset)
         if self.cond == "class":
             self.class_names = class_names(dataset) or [str(i) for i in range(self.num_classes)]
+        if self.grid_rows_by_class and self.grid != self.num_classes * self.grid_cols:
+            raise ValueError(f"task.args.grid: with grid_rows_by_class, expected num_classes x "
+                             f"grid_cols = {self.num_classes} x {self.grid_cols} = "
+                             f"{self.num_classes * self.grid_cols}, got {self.grid}")
 
     def model_kwargs(self, dataset) -> dict:
         shape = tuple(dataset[0][self.image_key].shape)  # (C, H, W)
@@ -407,6 +428,8 @@ class GenerationTask(Task):
                 result, grid = self._cache[1], None  # the same weights: the same samples
             else:
                 cond, _ = self.conditions(self.grid)
+                if self.grid_rows_by_class:  # row k: grid_cols images of class k
+                    cond = {"y": torch.arange(self.grid) // self.grid_cols}
                 grid = self.sample_images(model, cond, self.grid, self.seed, autocast=autocast)
                 result = self.judge_samples(model, self.eval_samples, self.seed + 1, autocast)
                 self._cache = (key, result)
