@@ -62,3 +62,23 @@ def test_bad_digits_runs_are_refused_before_training(tmp_path, judge_cache, over
     with pytest.raises(ValueError, match=match):
         train(QUICK, run_dir=tmp_path / "run", overrides=[*FAST, override])
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_digits_upscaled_once_and_symmetric_range_match_the_transforms():
+    from mmtx.data import DigitsDataset, build_dataset, build_transforms
+
+    small, big = DigitsDataset("val"), DigitsDataset("val", image_size=16, normalize="symmetric")
+    assert big[0]["image"].shape == (1, 16, 16) and big.image_size == 16
+    raw = small.images[:5]  # (5, 1, 8, 8) in [0, 1]
+    resize = build_transforms("digits", "none", 16, train=False, mean=(0.5,), std=(0.5,))
+    expected = torch.stack([resize(x) for x in raw])  # torchvision's Resize, then [-1, 1]
+    got = torch.stack([big[i]["image"] for i in range(5)])
+    torch.testing.assert_close(got, expected.clamp(-1, 1), atol=1e-5, rtol=0)
+    built = build_dataset("digits", "val", image_size=16)  # the classifiers' path: stats
+    torch.testing.assert_close(built[0]["image"],
+                               build_transforms("digits", "none", 16, train=False)(raw[0]),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="normalize: expected one of stats, symmetric"):
+        DigitsDataset(normalize="minmax")
+    with pytest.raises(ValueError, match="image_size: expected an int >= 1"):
+        DigitsDataset(image_size=0)
