@@ -23,6 +23,15 @@ from pathlib import Path
 LOCK_FILE = ".lock"
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 class DirectoryInUse(ValueError):
     """Another live process is writing the run (or experiment) directory asked for."""
 
@@ -80,6 +89,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600: give the mode open() would have given
         os.replace(tmp, path)
     except Exception as e:
         error = write_error(path, e)  # before the temporary file frees its space
