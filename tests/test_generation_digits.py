@@ -41,8 +41,26 @@ def test_quick_digits_run_is_judged_by_the_digits_judge(digits_run, judge_cache)
     spec = json.loads((run_dir / "generation.json").read_text())
     assert spec["image_shape"] == [1, 16, 16] and spec["class_names"] == [str(d) for d in
                                                                            range(10)]
+    assert spec["digits"] == {"image_size": 16, "normalize": "symmetric"}
     # one row per digit: 10 rows of grid_cols = 2 cells, 16 px + 2 px padding, drawn 2x
     assert Image.open(run_dir / "grid.png").size == (2 * (2 * 18 + 2), 2 * (10 * 18 + 2))
+
+
+def test_a_finished_run_judges_fresh_samples_again(digits_run):
+    from mmtx.eval.samples import read_generation_spec
+    from mmtx.sample import load_generator
+
+    run_dir, result = digits_run
+    model, task, _ = load_generator(run_dir)  # the digits come back from generation.json
+    again = task.judge_samples(model, 40, seed=1)  # the run's own evaluation noise
+    assert again["cond_acc_class"] == result["val/cond_acc_class"]
+    fresh = task.judge_samples(model, 30, seed=7, cfg_scale=1.0)
+    assert 0.0 <= fresh["cond_acc_class"] <= 1.0 and fresh["cond_acc_images"] == 30
+    assert fresh["fd_digits"] > 0 and task.main_metric == "fd_digits"
+    spec = {"image_shape": [1, 16, 16], "num_classes": 10, "digits": {"image_size": 16}}
+    with pytest.raises(ValueError, match="run.json: digits: expected null or an object with "
+                                         "image_size, normalize"):
+        read_generation_spec(spec, "run.json")
 
 
 def test_mmtx_sample_names_the_class_argument_for_a_digit_out_of_range(digits_run, capsys):

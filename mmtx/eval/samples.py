@@ -15,7 +15,8 @@ a sampling function, so it knows nothing of models or tasks:
     # ... judge_samples: {"fd_digits", "fd_digits_floor", "cond_acc_class", ...}
 
 `generation_spec` / `read_generation_spec` write and read back generation.json, what
-`mmtx sample` needs of a run beyond its model: image shape, classes, scenes, autoencoder.
+`mmtx sample` needs of a run beyond its model: image shape, classes, scenes or digits,
+autoencoder.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..data.shapes import ShapesDataset
 # The ShapesDataset options that decide what the training scenes look like (generation.json).
 SHAPES_KEYS = ("image_size", "seed", "task", "num_objects", "shapes", "colours", "noise",
                "clutter", "colour_jitter", "background")
+DIGITS_KEYS = ("image_size", "normalize")  # the DigitsDataset options (generation.json)
 
 
 def shapes_base(dataset) -> ShapesDataset | None:
@@ -185,19 +187,22 @@ class SampleSuite:
 
 
 def generation_spec(image_shape, num_classes: int, class_names, shapes: ShapesDataset | None,
-                    vae) -> dict:
-    """generation.json's content: what `mmtx sample` needs without the training data."""
+                    vae, digits: DigitsDataset | None = None) -> dict:
+    """generation.json's content: what `mmtx sample` (and judging a run's samples again)
+    needs without the training data."""
     return {"image_shape": list(image_shape), "num_classes": num_classes,
             "class_names": class_names,
             "shapes": None if shapes is None else {
                 k: list(v) if isinstance(v, tuple) else v
                 for k, v in ((k, getattr(shapes, k)) for k in SHAPES_KEYS)},
+            "digits": None if digits is None else {k: getattr(digits, k) for k in DIGITS_KEYS},
             "vae": None if vae is None else str(Path(vae).expanduser().resolve())}
 
 
 def read_generation_spec(spec, where: str = "generation.json") -> dict:
     """generation.json's content, checked: {"image_shape": (C, H, W), "num_classes",
-    "class_names" (list or None), "shapes" (a ShapesDataset or None), "vae" (str or None)}. A
+    "class_names" (list or None), "shapes" (a ShapesDataset or None), "digits" (a DigitsDataset,
+    the train split, or None; absent in files written before it), "vae" (str or None)}. A
     missing or malformed key is a ValueError naming `where` and the key."""
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a JSON object with image_shape, num_classes, "
@@ -231,5 +236,14 @@ def read_generation_spec(spec, where: str = "generation.json") -> dict:
             shapes = ShapesDataset(1, **shapes)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}: shapes: {e}") from None
+    digits = spec.get("digits")
+    if digits is not None:
+        if not isinstance(digits, dict) or set(digits) != set(DIGITS_KEYS):
+            raise ValueError(f"{where}: digits: expected null or an object with "
+                             f"{', '.join(DIGITS_KEYS)}, got {digits!r}")
+        try:
+            digits = DigitsDataset(**digits)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: digits: {e}") from None
     return {"image_shape": tuple(shape), "num_classes": num, "class_names": names,
-            "shapes": shapes, "vae": vae}
+            "shapes": shapes, "digits": digits, "vae": vae}

@@ -455,7 +455,7 @@ class GenerationTask(Task):
     def spec(self) -> dict:
         """What `restore` needs to sample without the training data (generation.json)."""
         return generation_spec(self.image_shape, self.num_classes, self.class_names,
-                               self.shapes_data, self.vae)
+                               self.shapes_data, self.vae, digits=self.suite.digits)
 
     def restore(self, spec: dict, vae=None, where: str = "generation.json") -> None:
         """The state setup read from the training data, from `spec()`'s dict (checked:
@@ -469,7 +469,9 @@ class GenerationTask(Task):
         self.num_classes, self.class_names = spec["num_classes"], spec["class_names"]
         if self.cond == "class" and self.class_names is None:
             self.class_names = [str(i) for i in range(self.num_classes)]
-        self.suite.shapes = spec["shapes"]
+        self.suite.shapes, self.suite.digits = spec["shapes"], spec["digits"]
+        if self.suite.judge_opts and self.suite.digits is not None:
+            self.main_metric = self.suite.fd_name
 
     def check_model_args(self, args: dict, where: str = "generation.json") -> None:
         """Refuse a restored state that does not fit the model built with `args` (model.json):
