@@ -57,13 +57,6 @@ DIGITS_KEYS = ("data", "image_size")  # a digits judge's key: the data's name an
 DATA = ("shapes", "digits")
 
 
-def judged_data(dataset):
-    """The ShapesDataset or DigitsDataset behind `dataset` (itself or a subset's base): the
-    data a judge can be trained for; None for other data."""
-    base = getattr(dataset, "base", dataset)
-    return base if isinstance(base, (ShapesDataset, DigitsDataset)) else None
-
-
 def default_cache_dir() -> Path:
     """$MMTX_CACHE/judges, else ~/.cache/mmtx/judges."""
     return Path(os.environ.get("MMTX_CACHE", "~/.cache/mmtx")).expanduser() / "judges"
