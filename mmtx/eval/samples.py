@@ -247,3 +247,20 @@ def read_generation_spec(spec, where: str = "generation.json") -> dict:
             raise ValueError(f"{where}: digits: {e}") from None
     return {"image_shape": tuple(shape), "num_classes": num, "class_names": names,
             "shapes": shapes, "digits": digits, "vae": vae}
+
+
+def check_spec_fits(model_shape, image_shape, num_classes: int, args: dict,
+                    where: str = "generation.json") -> None:
+    """Refuse a restored generation.json that does not fit the model built with `args`
+    (model.json): another class count, or images of another shape (`model_shape` is what the
+    generator reads: the image's (C, H, W), or its latent's)."""
+    c, h, w = model_shape
+    for key, mine, what in (("in_chans", c, "image_shape"), ("img_size", h, "image_shape"),
+                            ("num_classes", num_classes, "num_classes")):
+        theirs = args.get(key)
+        if key == "img_size" and isinstance(theirs, (list, tuple)):
+            mine, theirs = [h, w], list(theirs)
+        if theirs is not None and theirs != mine:
+            value = list(image_shape) if what == "image_shape" else num_classes
+            raise ValueError(f"{where}: {what} {value} does not fit the model, built with "
+                             f"{key}={theirs!r} (model.json); expected the files of one run")

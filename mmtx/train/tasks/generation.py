@@ -14,11 +14,10 @@ Evaluation (`eval_generated`, on the model the engine passes: the EMA one when k
 - `eval_samples` more samples, judged by mmtx.eval.judge (shapes data, or digits with
   normalize "symmetric"): `fd_shapes` (`fd_digits`) against real test images with its
   real-vs-real floor `fd_shapes_floor` (`fd_digits_floor`), and `cond_acc_<attr>` (digits:
-  `cond_acc_class`)
-  for each attribute the condition names, with the judge's accuracy on real test images as
-  `cond_acc_<attr>_ceiling`; `sample_s_per_image`, the sampling time per image. On the
-  "twins" shapes task also `consistency` (mmtx.eval.consistency: the fraction of samples whose
-  two objects match in shape and colour) and `consistency_ceiling`, the same on real scenes.
+  `cond_acc_class`) for each attribute the condition names, with the judge's accuracy on real
+  test images as `cond_acc_<attr>_ceiling`; `sample_s_per_image`. On the "twins" shapes task
+  also `consistency` (mmtx.eval.consistency: the fraction of samples whose two objects match
+  in shape and colour) and `consistency_ceiling`, the same on real scenes.
 
 Conditions: cond "class" reads the batch's `label` (y); "caption" tokenises the batch's
 `caption` (CaptionCollate; by default with the fixed shapes vocabulary) into caption_ids /
@@ -51,6 +50,7 @@ from ...diffusion.sampling import (
 from ...eval.judge import judge_data_config
 from ...eval.samples import (
     SampleSuite,
+    check_spec_fits,
     digits_base,
     generation_spec,
     read_generation_spec,
@@ -474,18 +474,8 @@ class GenerationTask(Task):
             self.main_metric = self.suite.fd_name
 
     def check_model_args(self, args: dict, where: str = "generation.json") -> None:
-        """Refuse a restored state that does not fit the model built with `args` (model.json):
-        another class count, or images of another shape (or latent shape)."""
-        c, h, w = self.model_shape
-        for key, mine, what in (("in_chans", c, "image_shape"), ("img_size", h, "image_shape"),
-                                ("num_classes", self.num_classes, "num_classes")):
-            theirs = args.get(key)
-            if key == "img_size" and isinstance(theirs, (list, tuple)):
-                mine, theirs = [h, w], list(theirs)
-            if theirs is not None and theirs != mine:
-                value = list(self.image_shape) if what == "image_shape" else self.num_classes
-                raise ValueError(f"{where}: {what} {value} does not fit the model, built with "
-                                 f"{key}={theirs!r} (model.json); expected the files of one run")
+        """Refuse a restored state that does not fit the model built with `args` (model.json)."""
+        check_spec_fits(self.model_shape, self.image_shape, self.num_classes, args, where)
 
     def artefacts(self, model, datasets, results, run_dir, log, step) -> dict:
         """generation.json (class names, image shape, the scenes' options) and the caption
