@@ -67,8 +67,8 @@ def test_grids_from_the_same_weights_are_identical(class_run, tmp_path):
             self.shown.append((name, step))
 
     log = Log()
-    a = task.eval_generated(model, "val", 10, tmp_path, log)
-    b = task.eval_generated(model, "val", 11, tmp_path, log)
+    a = task.eval_whole_model(model, "val", 10, tmp_path, log)
+    b = task.eval_whole_model(model, "val", 11, tmp_path, log)
     first = (tmp_path / "grid_step_00000010.png").read_bytes()
     assert first == (tmp_path / "grid_step_00000011.png").read_bytes()
     assert a["cond_acc_shape"] == b["cond_acc_shape"] and a["fd_shapes"] == b["fd_shapes"]
@@ -180,7 +180,7 @@ def test_ddpm_objective_trains_and_samples_with_ddim(tmp_path):
     loss.backward()
     assert torch.isfinite(loss) and "loss" in metrics
     model.eval()
-    out = task.eval_generated(model, "val", 1, tmp_path, type("L", (), {
+    out = task.eval_whole_model(model, "val", 1, tmp_path, type("L", (), {
         "log_examples": lambda *a: None})())
     assert set(out) == {"sample_s_per_image"} and (tmp_path / "grid.png").is_file()
 

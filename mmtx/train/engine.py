@@ -259,7 +259,7 @@ class Trainer:
                 chunks[k].append(v.detach().cpu())
         result = self.task.eval_finalize({k: torch.cat(v) for k, v in chunks.items()})
         with self.accelerator.autocast():
-            result.update(self.task.eval_generated(
+            result.update(self.task.eval_whole_model(
                 model, split, step,
                 self.run_dir if self.main else None, self.log))
         self.model.train()

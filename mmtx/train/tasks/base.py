@@ -6,7 +6,8 @@ on what the batch holds and what the model is for:
 - `collate_fn(dataset)`: how items become a batch dict (default `mmtx.data.collate`);
 - `step`: batch -> (loss, {metric: scalar});
 - `eval_step` / `eval_finalize`: per-sample outputs -> whole-split metrics;
-- `eval_generated`: what the model produces from fixed inputs (samples, decoded text);
+- `eval_whole_model`: what needs the whole model on fixed inputs (samples, decoded text,
+  zero-shot accuracy);
 - `summary`: extra summary fields (e.g. `test_accuracy`);
 - `examples` / `artefacts`: what a person looks at (images with captions for W&B, prediction
   files, confusion matrices, attention maps, sample grids).
@@ -143,12 +144,13 @@ class Task:
         """
         raise NotImplementedError
 
-    def eval_generated(self, model: nn.Module, split: str, step: int, run_dir: Path | None,
+    def eval_whole_model(self, model: nn.Module, split: str, step: int, run_dir: Path | None,
                        log) -> dict[str, Any]:
         """After the per-batch evaluation, what needs the whole model rather than a batch:
-        samples, decoded text. Runs on every process (the same fixed inputs give the same
-        result); `run_dir` is None except on the main process, which writes files and logs
-        through `log` (the run's RunLogger). Returns metrics merged into the split's result."""
+        generated samples, decoded text, zero-shot classification. Runs on every process (the
+        same fixed inputs give the same result); `run_dir` is None except on the main process,
+        which writes files and logs through `log` (the run's RunLogger). Returns metrics merged
+        into the split's result."""
         return {}
 
     def collate_fn(self, dataset) -> Callable[[list[dict]], dict]:

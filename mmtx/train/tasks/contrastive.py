@@ -101,7 +101,7 @@ class ContrastiveTask(Task):
         out["count"] = int(len(first))
         return out
 
-    def eval_generated(self, model, split, step, run_dir, log):
+    def eval_whole_model(self, model, split, step, run_dir, log):
         """Zero-shot shape and colour accuracy on one-object scenes (the same every eval)."""
         if not self.zero_shot_images or not self.image_size:
             return {}

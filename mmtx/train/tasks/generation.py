@@ -7,7 +7,7 @@ probability `cond_drop`) and passed to the model as `cond_drop_mask`, whose cond
 those rows the null class / null caption; the model's own draw is switched off (`cond_drop=0` in
 the model kwargs the task gives).
 
-Evaluation (`eval_generated`, on the model the engine passes: the EMA one when kept):
+Evaluation (`eval_whole_model`, on the model the engine passes: the EMA one when kept):
 - a grid of `grid` images from fixed noise and fixed conditions (the same seed every time, so
   grids are comparable across steps), saved as grid_step_XXXXXXXX.png and grid.png in the run
   directory and logged to W&B;
@@ -415,7 +415,7 @@ class GenerationTask(Task):
                         decode=None if self.latents is None else self.latents.decode)
 
     @torch.no_grad()
-    def eval_generated(self, model, split, step, run_dir, log):
+    def eval_whole_model(self, model, split, step, run_dir, log):
         if self.image_shape is None:
             return {}
         device = next(model.parameters()).device

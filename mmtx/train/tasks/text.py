@@ -68,7 +68,7 @@ class CausalLMTask(Task):
     def eval_finalize(self, outputs):
         return _nll_finalize(outputs)
 
-    def eval_generated(self, model, split, step, run_dir, log):
+    def eval_whole_model(self, model, split, step, run_dir, log):
         if self._prompt is None or not hasattr(model, "generate"):
             return {}
         device = next(model.parameters()).device
