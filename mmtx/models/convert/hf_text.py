@@ -46,18 +46,19 @@ def _copy(dst: nn.Module, src: nn.Module, transpose: bool = False) -> None:
         dst.bias.data.copy_(src.bias.detach())
 
 
-def _gpt2_core(hf_model):
-    core = getattr(hf_model, "transformer", hf_model)
-    if getattr(hf_model.config, "model_type", None) != "gpt2" or not hasattr(core, "h"):
-        raise ValueError(f"hf_model must be a GPT2LMHeadModel or GPT2Model, got "
-                         f"{type(hf_model).__name__}")
+def _core(hf_model, model_type: str, wrapper: str, part: str, names: str):
+    """The base model inside `hf_model` (itself, or its `wrapper` attribute), checked to be
+    a `model_type` model that has `part`; else a ValueError naming the accepted `names`."""
+    core = getattr(hf_model, wrapper, hf_model)
+    if getattr(hf_model.config, "model_type", None) != model_type or not hasattr(core, part):
+        raise ValueError(f"hf_model must be a {names}, got {type(hf_model).__name__}")
     return core
 
 
 def gpt2_kwargs(hf_model) -> dict:
     """`TextDecoder` arguments for a `GPT2LMHeadModel` / `GPT2Model`; ValueError on an option
     mmtx cannot reproduce."""
-    core = _gpt2_core(hf_model)
+    core = _core(hf_model, "gpt2", "transformer", "h", "GPT2LMHeadModel or GPT2Model")
     cfg = hf_model.config
     _unsupported("GPT-2", {
         "scale_attn_by_inverse_layer_idx": cfg.scale_attn_by_inverse_layer_idx,
@@ -80,7 +81,7 @@ def gpt2_kwargs(hf_model) -> dict:
 @torch.no_grad()
 def load_gpt2_weights(model: nn.Module, hf_model) -> None:
     """Copy a GPT-2's weights into a `TextDecoder` built with `gpt2_kwargs(hf_model)`."""
-    core = _gpt2_core(hf_model)
+    core = _core(hf_model, "gpt2", "transformer", "h", "GPT2LMHeadModel or GPT2Model")
     model.embed.drop.p = hf_model.config.embd_pdrop  # GPT-2 has its own embedding dropout
     _copy(model.embed.tok, core.wte)
     _copy(model.embed.pos, core.wpe)
@@ -97,18 +98,10 @@ def load_gpt2_weights(model: nn.Module, hf_model) -> None:
         _copy(model.lm_head, head)
 
 
-def _bert_core(hf_model):
-    core = getattr(hf_model, "bert", hf_model)
-    if getattr(hf_model.config, "model_type", None) != "bert" or not hasattr(core, "embeddings"):
-        raise ValueError(f"hf_model must be a BertModel or BertForMaskedLM, got "
-                         f"{type(hf_model).__name__}")
-    return core
-
-
 def bert_kwargs(hf_model) -> dict:
     """`TextEncoder` arguments for a `BertModel` / `BertForMaskedLM`; ValueError on an option
     mmtx cannot reproduce."""
-    core = _bert_core(hf_model)
+    core = _core(hf_model, "bert", "bert", "embeddings", "BertModel or BertForMaskedLM")
     cfg = hf_model.config
     pos_type = getattr(cfg, "position_embedding_type", "absolute")
     _unsupported("BERT", {
@@ -134,7 +127,7 @@ def bert_kwargs(hf_model) -> dict:
 @torch.no_grad()
 def load_bert_weights(model: nn.Module, hf_model) -> None:
     """Copy a BERT's weights into a `TextEncoder` built with `bert_kwargs(hf_model)`."""
-    core = _bert_core(hf_model)
+    core = _core(hf_model, "bert", "bert", "embeddings", "BertModel or BertForMaskedLM")
     emb = core.embeddings
     _copy(model.embed.tok, emb.word_embeddings)
     _copy(model.embed.pos, emb.position_embeddings)
