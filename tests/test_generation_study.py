@@ -104,11 +104,55 @@ def test_second_run_reads_every_run_back(finished, monkeypatch):
     ("holdout=[red starr]", "exclude: expected 'colour shape' names"),
     ("eval.cfg_scales=[1.0, .nan]", r"eval.cfg_scales: expected a finite number >= 0 .* nan"),
     ("eval.grid=0", r"eval.grid: expected an int >= 1"),
+    ("text_target=0.5", "config key 'text_target': expected a mapping, got 0.5"),
+    ("text_target={sen: 0.5}", r"unknown key 'sen' for text_target; did you mean seen, unseen\?"),
+    ("text_target={seen: 50}", r"text_target.seen: expected a fraction in \[0, 1\], got 50"),
+    ("draw_threshold=.nan", r"draw_threshold: expected a fraction in \[0, 1\], got nan"),
 ])
 def test_bad_specs_fail_before_training(tmp_path, override, match, monkeypatch):
     monkeypatch.setattr("mmtx.train.train", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ValueError, match=match):
         run_experiment(QUICK, out_dir=tmp_path, overrides=[override])
+
+
+def _row(label, role, shape, consistency=None, prompt=None):
+    row = {"model": label, "role": role, "shape": shape, "colour": 1.0, "fd": 50.0}
+    if consistency is not None:
+        row.update(consistency=consistency, consistency_real=1.0, receptive_field=83)
+    if prompt is not None:
+        row["text"] = {g: {"prompt": p, "shape": 0.9, "colour": 1.0}
+                       for g, p in zip(("seen", "unseen"), prompt)}
+    return row
+
+
+def test_targets_compare_the_dit_with_the_cnn_and_the_text_targets():
+    from mmtx.experiments.generation_report import target_lines
+
+    _, spec = load(FULL)
+    lines = target_lines(spec, [_row("cnn", "cnn", 0.97), _row("dit", "dit", 0.95,
+                                                                 prompt=(0.55, 0.2))])
+    assert lines == [
+        "- dit cond_acc shape: 95.0% vs target 90%: met.",
+        "- dit cond_acc colour: 100.0% vs target 90%: met.",
+        "- dit cond_acc shape at least the CNN's (cnn, same FLOPs per image and steps): "
+        "95.0% vs 97.0%: MISSED by 2.0 points.",
+        "- dit whole prompt right, seen combinations: 55.0% vs target 50%: met.",
+        "- dit whole prompt right, unseen combinations: 20.0% vs target 25%: MISSED by 5.0 points."]
+
+
+def test_consistency_is_compared_only_between_models_that_draw_shapes():
+    from mmtx.experiments.generation_report import verdict
+
+    _, spec = load(FULL)  # draw_threshold 0.8
+    results = [{"measurement": "consistency", "image_size": 32}]
+    drawn = verdict(spec, [_row("cnn", "cnn", 0.85, 0.10), _row("dit", "dit", 0.95, 0.60)],
+                    results)[0]
+    assert "(dit vs the CNN): held: 60.0% vs 10.0%" in drawn
+    blobs = verdict(spec, [_row("cnn", "cnn", 0.5, 0.10), _row("dit", "dit", 0.95, 0.60)],
+                    results)[0]
+    assert ("not read as a comparison (cnn draws the asked shape in 50.0% of its class "
+            "samples, below the 80% at which its objects are shapes)") in blobs
+    assert "60.0% vs 10.0%" in blobs  # the numbers are still printed
 
 
 def test_full_study_is_flop_matched_and_reads_as_its_kind():

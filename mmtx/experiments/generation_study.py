@@ -62,6 +62,11 @@ class GenStudySpec(Spec):
     flop_tolerance: float = 0.2  # largest / smallest forward FLOPs per image, minus 1
     eval: GenStudyEval = field(default_factory=GenStudyEval)
     target: float = 0.90  # the DiT's cond_acc for shape and for colour
+    # the DiT's whole-prompt accuracy on prompts with seen / held-out combinations
+    text_target: dict = field(default_factory=lambda: {"seen": 0.5, "unseen": 0.25})
+    # consistency compares models only when each draws the asked shape this often on the class
+    # measurement: below it the judge reads blobs, and two blobs "match" by chance
+    draw_threshold: float = 0.8
 
     def check(self) -> None:
         super().check()
@@ -163,6 +168,12 @@ def _check(spec: GenStudySpec) -> None:
         if name == "text" and cond != "caption":
             raise ValueError(f"{spec.name}: measurements.text: task.args.cond must be "
                              f"'caption', got {cond!r}")
+    spec.check_keys(spec.text_target, ("seen", "unseen"), of="text_target")
+    for name, value in [("target", spec.target), ("draw_threshold", spec.draw_threshold),
+                        *((f"text_target.{k}", v) for k, v in spec.text_target.items())]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not 0 <= value <= 1:  # nan too
+            raise ValueError(f"{spec.name}: {name}: expected a fraction in [0, 1], got {value!r}")
     if spec.eval.samples < 4 or spec.eval.prompts < 1 or spec.eval.consistency_samples < 1:
         raise ValueError(f"{spec.name}: eval.samples >= 4, eval.prompts and "
                          f"eval.consistency_samples >= 1 expected, got {spec.eval}")
