@@ -90,6 +90,16 @@ def test_second_run_reads_every_run_back(finished, monkeypatch):
     assert run_experiment(QUICK, out_dir=out)["runs"] == res["runs"]
 
 
+def test_an_edited_file_does_not_read_back_runs_trained_otherwise(finished, monkeypatch):
+    out, _ = finished
+    monkeypatch.setattr("mmtx.train.train", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=r"runs/class-cnn holds a finished run trained with "
+                       r"other settings \(train.max_steps 4 -> 6\); delete that directory"):
+        run_experiment(QUICK, out_dir=out, overrides=["base.train.max_steps=6"])
+    # logging is not what a run is: another W&B project reads every run back
+    assert run_experiment(QUICK, out_dir=out, overrides=["base.logging.project=other"])
+
+
 @pytest.mark.parametrize("override, match", [
     ("models=[]", "'models' must list"),
     ("models=[{label: a, name: unet_small}]", "each model needs label, role and name"),

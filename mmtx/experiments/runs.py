@@ -99,9 +99,9 @@ class Run:
 
 
 def train_and_measure(run_dir: Path, cfg: dict, measure: Callable[..., dict], args: tuple) -> dict:
-    """The cached training call: a finished run's stored result, else the run trained (resumed
-    from its checkpoints if it was stopped), measured and stored. The result file is written
-    last, so a run killed before it resumes."""
+    """The cached training call: a finished run's stored result (`train_runs` checked that it was
+    trained with `cfg`), else the run trained (resumed from its checkpoints if it was stopped),
+    measured and stored. The result file is written last, so a run killed before it resumes."""
     from ..train import train
     from ..train.engine import torch_threads
 
@@ -121,6 +121,22 @@ def train_and_measure(run_dir: Path, cfg: dict, measure: Callable[..., dict], ar
     return cache.store(run_dir, result) if is_main_process() else result
 
 
+def _check_finished_matches(run_dir: Path, cfg: dict) -> None:
+    """A finished run is read back only if it was trained with `cfg` (its logging aside): after
+    an edit of the experiment file its stored result would describe another run."""
+    from ..train.config import config_changes, load_config
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    changes = {k: v for k, v in config_changes(load_config(saved), load_config(cfg)).items()
+               if not k.startswith("logging.")}
+    if changes:
+        raise ValueError(f"{run_dir} holds a finished run trained with other settings ("
+                         + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+                         + "); delete that directory to train it again, or pass another --out")
+
+
 def train_runs(spec: Spec, out: Path, runs: list[Run],
                describe: Callable[[dict], str] = lambda r: "done") -> list[dict]:
     """Every run trained (`spec.jobs` at a time) or read back; results in the order of `runs`.
@@ -131,6 +147,9 @@ def train_runs(spec: Spec, out: Path, runs: list[Run],
     jobs = []
     for r in runs:
         run_dir = Path(out) / "runs" / r.run_id
+        done = cache.finished(run_dir) is not None
+        if done:  # before anything trains
+            _check_finished_matches(run_dir, r.config)
         jobs.append(Job(r.key, train_and_measure, (run_dir, r.config, r.measure, r.args),
-                        log=run_dir / "train.log", done=cache.finished(run_dir) is not None))
+                        log=run_dir / "train.log", done=done))
     return run_jobs(jobs, spec.jobs, describe=describe)
