@@ -177,6 +177,18 @@ def test_an_exclude_list_leaving_no_drawable_scene_is_refused_at_construction(ta
         ShapesDataset(num_samples=4, task=task, exclude=exclude)  # before any scene is drawn
 
 
+@pytest.mark.parametrize("task, exclude, never", [
+    ("shape", [f"{c} star" for c in COLOURS], "star"),
+    ("colour", [f"red {s}" for s in SHAPES], "red"),
+    ("shape_colour", ["red star", "blue circle"], "blue circle, red star"),
+])
+def test_an_exclude_list_that_leaves_a_class_undrawn_is_refused(task, exclude, never):
+    with pytest.raises(ValueError, match=rf"^exclude: leaves {task} classes that no scene can "
+                                         rf"show: {never}; exclude fewer"):
+        ShapesDataset(num_samples=4, task=task, exclude=exclude)
+    ShapesDataset(num_samples=4, task="size", exclude=exclude)  # a label that names neither
+
+
 def test_an_exclude_list_that_leaves_enough_draws_every_scene():
     held = ["red circle", "blue square", "green star"]
     ds = ShapesDataset(num_samples=50, task="caption", exclude=held)

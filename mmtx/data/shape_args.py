@@ -58,6 +58,24 @@ def check_exclude(exclude, shapes, colours) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def check_classes_drawn(exclude, shapes, colours, task: str) -> None:
+    """Refuse an `exclude` under which a class of `task` is never drawn: where the label is the
+    first object's shape, colour or both, a class whose every combination is excluded would
+    have no example to train on or test, and nothing would say so."""
+    if task == "shape":
+        never = [s for s in shapes if all((c, s) in exclude for c in colours)]
+    elif task == "colour":
+        never = [c for c in colours if all((c, s) in exclude for s in shapes)]
+    elif task == "shape_colour":  # every combination is a class
+        never = [f"{c} {s}" for s in shapes for c in colours if (c, s) in exclude]
+    else:
+        return
+    if never:
+        raise ValueError(f"exclude: leaves {task} classes that no scene can show: "
+                         f"{', '.join(never)}; exclude fewer combinations, or use a task "
+                         f"whose label does not name them")
+
+
 # A scene holding an excluded combination is drawn again; a scene that needs more draws than
 # this on average is refused at construction (a hang otherwise), and REDRAWS bounds the loop:
 # at >= 1 / MEAN_DRAWS acceptance, 10,000 failed draws in a row happen with odds e^-100.

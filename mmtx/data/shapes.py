@@ -61,6 +61,7 @@ from .scene_text import (
 )
 from .shape_args import (
     REDRAWS,
+    check_classes_drawn,
     check_distance,
     check_distractors,
     check_drawable,
@@ -178,6 +179,7 @@ class ShapesDataset(Dataset):
         self.distractors = check_distractors(distractors, task)
         self.exclude = check_exclude(exclude, self.shapes, self.colours)
         check_drawable(self.exclude, self.shapes, self.colours, task, (lo, hi))
+        check_classes_drawn(self.exclude, self.shapes, self.colours, task)
 
         self.num_samples, self.image_size, self.split = int(num_samples), int(image_size), split
         self.seed, self.task, self.num_objects = int(seed), task, (lo, hi)
