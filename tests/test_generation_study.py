@@ -100,6 +100,14 @@ def test_an_edited_file_does_not_read_back_runs_trained_otherwise(finished, monk
     assert run_experiment(QUICK, out_dir=out, overrides=["base.logging.project=other"])
 
 
+def test_a_null_measurement_is_left_out(tmp_path):
+    res = run_experiment(QUICK, out_dir=tmp_path, overrides=["measurements.consistency=null",
+                                                             "measurements.text=null"])
+    assert [(r["measurement"], r["model"]) for r in res["runs"]] == [
+        ("class", "cnn"), ("class", "dit"), ("class", "hybrid")]
+    assert "## Target" in (tmp_path / "report.md").read_text()
+
+
 @pytest.mark.parametrize("override, match", [
     ("models=[]", "'models' must list"),
     ("models=[{label: a, name: unet_small}]", "each model needs label, role and name"),
@@ -107,6 +115,10 @@ def test_an_edited_file_does_not_read_back_runs_trained_otherwise(finished, monk
      r"unknown key 'lr' for model 'a'; valid: label, role, name, args"),
     ("models=[{label: a, role: vit, name: unet_small}]", "role must be one of cnn, dit, hybrid"),
     ("measurements.colour={}", "measurements must name some of class, consistency, text"),
+    ("measurements.text=3", r"measurements.text: expected a mapping of data / task / "
+                            r"model_args \(null leaves it out\), got 3"),
+    ("measurements={class: null, consistency: null, text: null}",
+     r"measurements must name some of class, consistency, text, got \[\]"),
     ("measurements.consistency.data.args.task=relation",
      "measurements.consistency: data.args.task must be 'twins', got 'relation'"),
     ("measurements.text.task.args.cond=class", "task.args.cond must be 'caption'"),

@@ -153,6 +153,12 @@ def _check(spec: GenStudySpec) -> None:
     labels = [m["label"] for m in spec.models]
     if len(set(labels)) != len(labels):
         raise ValueError(f"{spec.name}: model labels repeat: {labels}")
+    # `--set measurements.text=null` leaves a measurement out (e.g. the class one alone)
+    spec.measurements = {k: v for k, v in spec.measurements.items() if v is not None}
+    for name, meas in spec.measurements.items():
+        if not isinstance(meas, dict):
+            raise ValueError(f"{spec.name}: measurements.{name}: expected a mapping of "
+                             f"data / task / model_args (null leaves it out), got {meas!r}")
     unknown = sorted(set(spec.measurements) - set(MEASUREMENTS))
     if unknown or not spec.measurements:
         raise ValueError(f"{spec.name}: measurements must name some of "
