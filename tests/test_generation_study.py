@@ -106,6 +106,13 @@ def test_a_null_measurement_is_left_out(tmp_path):
     assert [(r["measurement"], r["model"]) for r in res["runs"]] == [
         ("class", "cnn"), ("class", "dit"), ("class", "hybrid")]
     assert "## Target" in (tmp_path / "report.md").read_text()
+    # a finished run whose settings cannot be read any more is named, not read back blindly
+    saved = tmp_path / "runs" / "class-dit" / "config.yaml"
+    saved.write_text(saved.read_text() + "retired_section: {}\n")
+    with pytest.raises(ValueError, match=r"class-dit holds a finished run whose config.yaml "
+                                         r"cannot be read \(.*retired_section"):
+        run_experiment(QUICK, out_dir=tmp_path, overrides=["measurements.consistency=null",
+                                                           "measurements.text=null"])
 
 
 @pytest.mark.parametrize("override, match", [

@@ -129,7 +129,13 @@ def _check_finished_matches(run_dir: Path, cfg: dict) -> None:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    changes = {k: v for k, v in config_changes(load_config(saved), load_config(cfg)).items()
+    try:
+        trained = load_config(saved)
+    except ValueError as e:  # e.g. written by a version with other settings
+        raise ValueError(f"{run_dir} holds a finished run whose {saved.name} cannot be read "
+                         f"({e}); delete that directory to train it again, or pass another "
+                         f"--out") from None
+    changes = {k: v for k, v in config_changes(trained, load_config(cfg)).items()
                if not k.startswith("logging.")}
     if changes:
         raise ValueError(f"{run_dir} holds a finished run trained with other settings ("
